@@ -1,0 +1,26 @@
+"""The toolkit shares the runtime's exception hierarchy so the CLI handles both the same way."""
+
+from edgeiad_runtime.errors import (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    DataNotFoundError,
+    EdgeiadError,
+    MissingExtraError,
+    require,
+)
+
+__all__ = [
+    "ArtifactError",
+    "ConfigError",
+    "DataError",
+    "DataNotFoundError",
+    "EdgeiadError",
+    "MissingExtraError",
+    "require",
+]
+
+
+def require_torch():
+    """Import torch or fail with one line naming the `train` extra."""
+    return require("torch", "train")

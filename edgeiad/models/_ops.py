@@ -1,0 +1,94 @@
+"""Graph-exportable building blocks shared by the feature-statistics models (PatchCore, PaDiM)."""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import require_torch
+
+torch = require_torch()
+nn = torch.nn
+F = torch.nn.functional
+
+
+class GaussianBlur(nn.Module):
+    """Separable Gaussian blur with reflect padding, as two fixed convolutions (exports as plain Conv)."""
+
+    def __init__(self, sigma: float = 4.0) -> None:
+        super().__init__()
+        radius = int(4.0 * sigma + 0.5)
+        coords = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-(coords**2) / (2 * sigma**2))
+        kernel = kernel / kernel.sum()
+        self.radius = radius
+        self.register_buffer("kernel_h", kernel.view(1, 1, 1, -1), persistent=False)
+        self.register_buffer("kernel_v", kernel.view(1, 1, -1, 1), persistent=False)
+
+    def forward(self, x):
+        if self.radius == 0:
+            return x
+        x = F.conv2d(F.pad(x, (self.radius, self.radius, 0, 0), mode="reflect"), self.kernel_h)
+        return F.conv2d(F.pad(x, (0, 0, self.radius, self.radius), mode="reflect"), self.kernel_v)
+
+
+def aggregate_features(features: list, local_pool: bool, mode: str = "bilinear"):
+    """Concatenate multi-scale maps at the finest map's resolution (optionally 3x3 locally averaged first)."""
+    if local_pool:
+        # PatchCore's locally aware patch features: each patch sees its 3x3 neighbourhood.
+        features = [F.avg_pool2d(f, kernel_size=3, stride=1, padding=1, count_include_pad=False) for f in features]
+    size = features[0].shape[-2:]
+    resized = [features[0]]
+    for feature in features[1:]:
+        if mode == "nearest":
+            resized.append(F.interpolate(feature, size=size, mode="nearest"))
+        else:
+            resized.append(F.interpolate(feature, size=size, mode="bilinear", align_corners=False))
+    return torch.cat(resized, dim=1)
+
+
+def min_euclidean(queries, bank, bank_sq_norms=None):
+    """Distance from each query row to its nearest bank row, in matmul form (one GEMM, no N×M×D tensor).
+
+    ||q - b||^2 = ||q||^2 - 2 q.b + ||b||^2; clamped at 0 because cancellation can go slightly negative.
+    """
+    if bank_sq_norms is None:
+        bank_sq_norms = (bank * bank).sum(dim=1)
+    query_sq = (queries * queries).sum(dim=-1, keepdim=True)
+    cross = torch.matmul(queries, bank.transpose(0, 1))
+    squared = query_sq - 2.0 * cross + bank_sq_norms
+    return torch.sqrt(torch.clamp(squared.min(dim=-1).values, min=0.0))
+
+
+@torch.no_grad()
+def chunked_min_euclidean(queries, bank, query_chunk: int = 4096, bank_chunk: int = 16384):
+    """Nearest-bank distance (and index) for many queries with bounded memory.
+
+    Peak extra memory is query_chunk x bank_chunk floats (256 MB at the defaults), whatever the
+    sizes: a 20k x 200k search never materialises its 16 GB distance matrix.
+    """
+    bank_sq = (bank * bank).sum(dim=1)
+    distances = torch.empty(queries.shape[0], dtype=queries.dtype)
+    indices = torch.empty(queries.shape[0], dtype=torch.long)
+    for q_start in range(0, queries.shape[0], query_chunk):
+        q = queries[q_start : q_start + query_chunk]
+        q_sq = (q * q).sum(dim=1, keepdim=True)
+        best = torch.full((q.shape[0],), math.inf, dtype=q.dtype)
+        best_index = torch.zeros(q.shape[0], dtype=torch.long)
+        for b_start in range(0, bank.shape[0], bank_chunk):
+            block = bank[b_start : b_start + bank_chunk]
+            squared = torch.addmm(q_sq + bank_sq[b_start : b_start + bank_chunk], q, block.T, alpha=-2.0)
+            values, where = squared.min(dim=1)
+            better = values < best
+            best = torch.where(better, values, best)
+            best_index = torch.where(better, where + b_start, best_index)
+        distances[q_start : q_start + q.shape[0]] = torch.sqrt(torch.clamp(best, min=0.0))
+        indices[q_start : q_start + q.shape[0]] = best_index
+    return distances, indices
+
+
+def to_anomaly_map(patch_scores, image_size: tuple[int, int], blur: GaussianBlur):
+    """Upsample N×1×h×w patch scores to the input size, smooth, and take the image score as the map's max."""
+    anomaly_map = F.interpolate(patch_scores, size=tuple(image_size), mode="bilinear", align_corners=False)
+    anomaly_map = blur(anomaly_map)
+    pred_score = torch.amax(anomaly_map, dim=(1, 2, 3))
+    return anomaly_map, pred_score

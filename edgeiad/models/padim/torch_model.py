@@ -1,0 +1,81 @@
+"""PaDiM (Defard et al., ICPR 2021) as a pure, graph-exportable nn.Module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...errors import ConfigError, require_torch
+from .._ops import GaussianBlur, aggregate_features, to_anomaly_map
+from ..backbones import FeatureExtractor
+from ..config import ModelConfig
+
+torch = require_torch()
+nn = torch.nn
+
+
+@dataclass
+class PadimConfig(ModelConfig):
+    """PaDiM settings: `n_features` random channels keep the per-position covariance small."""
+
+    model: str = "padim"
+    n_features: int = 100
+    regularization: float = 0.01  # added to the covariance diagonal so it stays invertible
+
+    def validate(self) -> None:
+        super().validate()
+        if self.n_features < 1:
+            raise ConfigError(f"n_features {self.n_features} must be positive (e.g. 100)")
+
+
+class PadimModel(nn.Module):
+    """image → anomaly_map, pred_score via a per-position Gaussian and the Mahalanobis distance.
+
+    `mean` (P×d) and `inv_covariance` (P×d×d) are buffers (baked at export) or forward inputs (sidecar).
+    """
+
+    stats_names = ("mean", "inv_covariance")
+
+    def __init__(self, config: PadimConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.image_size = tuple(config.image_size)
+        self.feature_extractor = FeatureExtractor(config.backbone, config.resolved_layers(), self.image_size)
+        total = sum(self.feature_extractor.channels())
+        if config.n_features > total:
+            raise ConfigError(
+                f"n_features {config.n_features} exceeds the {total} channels of {config.backbone} "
+                f"layers {list(config.resolved_layers())}: use at most {total}"
+            )
+        generator = torch.Generator().manual_seed(config.seed)
+        channels = torch.randperm(total, generator=generator)[: config.n_features].sort().values
+        self.register_buffer("channel_index", channels)
+        positions = self.grid_size()[0] * self.grid_size()[1]
+        self.register_buffer("mean", torch.zeros(positions, config.n_features))
+        self.register_buffer("inv_covariance", torch.eye(config.n_features).repeat(positions, 1, 1))
+        self.blur = GaussianBlur(config.sigma)
+
+    def grid_size(self) -> tuple[int, int]:
+        """Feature-map size: the finest chosen block is at stride 8."""
+        return self.image_size[0] // 8, self.image_size[1] // 8
+
+    def embed(self, image):
+        """Random channel subset of the multi-scale features, N×d×h×w."""
+        features = aggregate_features(self.feature_extractor(image), local_pool=False, mode="nearest")
+        return features.index_select(1, self.channel_index)
+
+    def forward(self, image, mean=None, inv_covariance=None):
+        mean = self.mean if mean is None else mean
+        inv_covariance = self.inv_covariance if inv_covariance is None else inv_covariance
+        embedding = self.embed(image)
+        batch, dim, height, width = embedding.shape
+        # positions first, so one batched matmul applies each position's own inverse covariance
+        diff = embedding.reshape(batch, dim, height * width).permute(2, 0, 1) - mean.unsqueeze(1)
+        projected = torch.bmm(diff, inv_covariance.to(diff.dtype))
+        squared = (projected * diff).sum(dim=-1).clamp(min=0.0)
+        scores = torch.sqrt(squared).transpose(0, 1).reshape(batch, 1, height, width)
+        return to_anomaly_map(scores, self.image_size, self.blur)
+
+    @torch.no_grad()
+    def infer(self, image):
+        """Eager scoring for evaluation (PaDiM's memory is bounded already)."""
+        return self.forward(image)

@@ -1,0 +1,76 @@
+"""PatchCore (Roth et al., CVPR 2022) as a pure, graph-exportable nn.Module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...errors import ConfigError, require_torch
+from .._ops import GaussianBlur, aggregate_features, min_euclidean, to_anomaly_map
+from ..backbones import FeatureExtractor
+from ..config import ModelConfig
+
+torch = require_torch()
+nn = torch.nn
+
+
+@dataclass
+class PatchCoreConfig(ModelConfig):
+    """PatchCore settings; `bank_size` is filled in by fit once the coreset is chosen."""
+
+    model: str = "patchcore"
+    coreset_ratio: float = 0.1
+    projection_dim: int = 128  # random-projection size used only to select the coreset
+    bank_size: int = 0
+    feature_dim: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 < self.coreset_ratio <= 1.0:
+            raise ConfigError(f"coreset ratio {self.coreset_ratio} is out of range: use a value in (0, 1], e.g. 0.1")
+
+
+class PatchCoreModel(nn.Module):
+    """image (N×3×H×W, normalised) → anomaly_map (N×1×H×W), pred_score (N).
+
+    The memory bank is a buffer, so export bakes it as a constant; `forward(image, memory_bank)`
+    takes it as an input instead for sidecar artifacts.
+    """
+
+    stats_names = ("memory_bank",)
+
+    def __init__(self, config: PatchCoreConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.image_size = tuple(config.image_size)
+        self.feature_extractor = FeatureExtractor(config.backbone, config.resolved_layers(), self.image_size)
+        feature_dim = config.feature_dim or sum(self.feature_extractor.channels())
+        self.register_buffer("memory_bank", torch.zeros(max(config.bank_size, 1), feature_dim))
+        self.blur = GaussianBlur(config.sigma)
+
+    def embed(self, image):
+        """Locally aware patch features, N×D×h×w at the finest chosen stride."""
+        return aggregate_features(self.feature_extractor(image), local_pool=True)
+
+    def patch_scores(self, embedding, memory_bank):
+        """Nearest-neighbour distance of every patch to the bank, N×1×h×w."""
+        batch, dim, height, width = embedding.shape
+        queries = embedding.permute(0, 2, 3, 1).reshape(batch, height * width, dim)
+        bank = memory_bank.to(queries.dtype)
+        scores = min_euclidean(queries, bank)
+        return scores.reshape(batch, 1, height, width)
+
+    def forward(self, image, memory_bank=None):
+        bank = self.memory_bank if memory_bank is None else memory_bank
+        scores = self.patch_scores(self.embed(image), bank)
+        return to_anomaly_map(scores, self.image_size, self.blur)
+
+    @torch.no_grad()
+    def infer(self, image):
+        """Eager scoring with bounded memory (chunked search); same result as forward, for evaluation."""
+        from .._ops import chunked_min_euclidean
+
+        embedding = self.embed(image)
+        batch, dim, height, width = embedding.shape
+        queries = embedding.permute(0, 2, 3, 1).reshape(-1, dim)
+        distances, _ = chunked_min_euclidean(queries, self.memory_bank.to(queries.dtype))
+        return to_anomaly_map(distances.reshape(batch, 1, height, width), self.image_size, self.blur)

@@ -1,0 +1,248 @@
+"""Detector: load an exported artifact and turn frames into anomaly scores and maps, without torch."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter
+
+import cv2
+import numpy as np
+
+from .backends.base import Backend, choose_backend, create_backend
+from .errors import ArtifactError, DataError, DataNotFoundError, EdgeiadError
+from .manifest import MANIFEST_NAME, preprocessing_of
+from .manifest import load_manifest as _load_manifest
+from .postprocess import ScoreSpec, resize_map
+from .preprocess import preprocess, read_image, to_rgb_uint8
+from .safetensors_io import load_file
+
+ImageInput = np.ndarray | str | os.PathLike
+COLOR_ORDERS = ("RGB", "BGR")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One image's prediction; maps are float32 HxW at the input image's own size."""
+
+    score: float | None  # normalised, 0.5 = threshold; None without thresholds
+    raw_score: float
+    is_anomalous: bool | None
+    anomaly_map: np.ndarray  # normalised when a pixel threshold exists, else the raw map
+    raw_map: np.ndarray
+    mask: np.ndarray | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (no maps)."""
+        return {
+            "score": self.score,
+            "raw_score": self.raw_score,
+            "is_anomalous": self.is_anomalous,
+            "timings": dict(self.timings),
+        }
+
+
+def _ms(start: float) -> float:
+    return (perf_counter() - start) * 1000.0
+
+
+def _artifact_folder(path: str | os.PathLike) -> Path:
+    if path is None or not isinstance(path, (str, os.PathLike)):
+        raise DataError(f"artifact path is {path!r}: pass the folder written by `edgeiad export`")
+    folder = Path(path)
+    if folder.is_file() and folder.name == MANIFEST_NAME:
+        return folder.parent  # accept the manifest itself as a handle on its folder
+    if folder.exists() and not folder.is_dir():
+        raise ArtifactError(f"{folder} is a file: pass the artifact folder (the one holding {MANIFEST_NAME})")
+    if not folder.exists():
+        raise DataNotFoundError(
+            f"artifact folder not found: {folder} (check the path, or export one with `edgeiad export`)"
+        )
+    return folder
+
+
+def _load_stats(folder: Path, manifest: dict) -> dict[str, np.ndarray]:
+    stats = manifest["stats"]
+    if stats["mode"] != "sidecar":
+        return {}
+    path = folder / stats["file"]
+    tensors = load_file(path)
+    if set(tensors) != set(stats["tensors"]):
+        raise ArtifactError(
+            f"{path} holds tensors {sorted(tensors)} but {MANIFEST_NAME} lists {sorted(stats['tensors'])}: re-export"
+        )
+    return tensors
+
+
+class Detector:
+    """A loaded artifact: preprocessing, backend and score calibration, safe to share between threads."""
+
+    default_color_order = "BGR"  # frames from OpenCV (cv2.VideoCapture, cv2.imread) are BGR
+
+    def __init__(self, folder: Path, manifest: dict, backend: Backend) -> None:
+        self.folder = folder
+        self._manifest = manifest
+        self._backend: Backend | None = backend
+        self._spec = preprocessing_of(manifest)
+        self._scores = ScoreSpec.from_manifest(manifest)
+        batch = manifest["batch"]
+        self._static = batch["mode"] == "static"
+        self._chunk = batch["size"] if self._static else batch["max"]
+        self._map_shape = tuple(manifest["outputs"]["anomaly_map"]["shape"][1:])
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        backend: str = "auto",
+        device: str | None = None,
+        threads: int | None = None,
+        verify: bool = True,
+    ) -> Detector:
+        """Load an artifact folder; `verify` checks every file's sha256 against the manifest first."""
+        folder = _artifact_folder(path)
+        manifest = _load_manifest(folder, verify=verify)
+        constants = _load_stats(folder, manifest)
+        choice = choose_backend(manifest, folder, backend)
+        return cls(folder, manifest, create_backend(choice, folder, manifest, constants, device, threads))
+
+    @property
+    def manifest(self) -> dict:
+        """A copy of the artifact's manifest."""
+        return copy.deepcopy(self._manifest)
+
+    @property
+    def backend_name(self) -> str:
+        """'onnxruntime', 'openvino' or 'tensorrt'."""
+        return self._live().name
+
+    @property
+    def backend_info(self) -> dict:
+        """What the backend actually runs with (providers, device, effective precision hint, versions)."""
+        return dict(self._live().info)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The model's input (height, width)."""
+        return self._spec.height, self._spec.width
+
+    def _live(self) -> Backend:
+        if self._backend is None:
+            raise EdgeiadError(f"the detector for {self.folder} is closed: load it again")
+        return self._backend
+
+    def predict(self, image: ImageInput, color_order: str | None = None) -> Result:
+        """Score one image (path or HxW / HxWx1 / HxWx3 array in `color_order`, default BGR)."""
+        return self.predict_batch([image], color_order=color_order)[0]
+
+    def predict_batch(self, images: Sequence[ImageInput], color_order: str | None = None) -> list[Result]:
+        """Score several images, batched as the artifact allows; every image is validated before any inference."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)  # an NxHxWxC stack is a batch of HxWxC frames
+        if not isinstance(images, (list, tuple)):
+            raise DataError(f"images is a {type(images).__name__}: pass a list of arrays or paths")
+        backend = self._live()
+        if not images:
+            return []
+        order = self._color_order(color_order)
+        tensors, sizes, pre_ms = [], [], []
+        for index, image in enumerate(images):
+            start = perf_counter()
+            rgb = self._to_rgb(image, order, f"image {index}" if len(images) > 1 else "image")
+            sizes.append(rgb.shape[:2])
+            tensors.append(preprocess(rgb, self._spec))
+            del rgb  # large frames: keep only the small model input alive
+            pre_ms.append(_ms(start))
+        maps, scores, infer_ms = self._infer(backend, np.stack(tensors))
+        return [self._result(maps[i], float(scores[i]), sizes[i], pre_ms[i], infer_ms[i]) for i in range(len(images))]
+
+    def _color_order(self, color_order: str | None) -> str:
+        order = self.default_color_order if color_order is None else color_order
+        if not isinstance(order, str) or order.upper() not in COLOR_ORDERS:
+            raise DataError(f"color_order is {order!r}: use 'RGB' or 'BGR' (the order of the array's channels)")
+        return order.upper()
+
+    @staticmethod
+    def _to_rgb(image: ImageInput, order: str, source: str) -> np.ndarray:
+        try:
+            if isinstance(image, (str, os.PathLike)):
+                return read_image(image)
+            if isinstance(image, np.ndarray) and image.dtype != object and not image.flags.c_contiguous:
+                image = np.ascontiguousarray(image)  # OpenCV needs unit-stride pixels (views, flips, crops)
+            return to_rgb_uint8(image, source=source, color_order=order)
+        except (cv2.error, TypeError, OverflowError) as exc:
+            first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"{source} cannot be converted to an RGB image ({first_line})") from None
+        except MemoryError:
+            raise DataError(f"{source} is too large for the memory available: downscale it first") from None
+
+    def _infer(self, backend: Backend, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """Run the batch in chunks the artifact accepts; a static batch pads its last chunk by repetition."""
+        total = len(batch)
+        limits = [limit for limit in (self._chunk, backend.max_batch) if limit]
+        step = self._chunk if self._static else min(limits, default=total)
+        maps, scores, times = [], [], []
+        for begin in range(0, total, step):
+            part = batch[begin : begin + step]
+            real = len(part)
+            if self._static and real < step:
+                part = np.concatenate([part, np.repeat(part[-1:], step - real, axis=0)])
+            start = perf_counter()
+            out = backend.run({"image": part})
+            elapsed = _ms(start)
+            anomaly_map, pred_score = self._check_outputs(out, len(part))
+            maps.append(anomaly_map[:real, 0])
+            scores.append(pred_score[:real])
+            times += [elapsed / real] * real  # each image is charged its share of the chunk
+        return np.concatenate(maps), np.concatenate(scores), times
+
+    def _check_outputs(self, out: dict[str, np.ndarray], count: int) -> tuple[np.ndarray, np.ndarray]:
+        anomaly_map, pred_score = out["anomaly_map"], out["pred_score"]
+        if anomaly_map.shape != (count, *self._map_shape):
+            raise ArtifactError(
+                f"the model returned anomaly_map {anomaly_map.shape}, the manifest promises "
+                f"{(count, *self._map_shape)}: re-export the artifact"
+            )
+        if pred_score.size != count:
+            raise ArtifactError(f"the model returned pred_score {pred_score.shape} for {count} images: re-export")
+        return anomaly_map, pred_score.reshape(count)
+
+    def _result(
+        self, small_map: np.ndarray, raw_score: float, size: tuple[int, int], pre: float, infer: float
+    ) -> Result:
+        start = perf_counter()
+        try:
+            raw_map = resize_map(small_map, *size)
+            anomaly_map = self._scores.map(raw_map)
+            mask = self._scores.mask(raw_map)
+        except MemoryError:
+            raise DataError(f"a {size[0]}x{size[1]} anomaly map does not fit in memory: downscale the image") from None
+        return Result(
+            score=self._scores.score(raw_score),
+            raw_score=raw_score,
+            is_anomalous=self._scores.is_anomalous(raw_score),
+            anomaly_map=anomaly_map,
+            raw_map=raw_map,
+            mask=mask,
+            timings={"preprocess_ms": pre, "inference_ms": infer, "postprocess_ms": _ms(start)},
+        )
+
+    def close(self) -> None:
+        """Release the backend; further predictions raise."""
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = self._backend.name if self._backend is not None else "closed"
+        return f"Detector({str(self.folder)!r}, model={self._manifest['model']['name']!r}, backend={state!r})"

@@ -1,0 +1,85 @@
+"""Turn raw model outputs into thresholded, normalised scores and maps at the input image's size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+def normalize(values: np.ndarray | float, threshold: float, low: float, high: float) -> np.ndarray | float:
+    """Min-max normalise around a threshold so it lands on 0.5: clip((x - t) / (max - min) + 0.5, 0, 1)."""
+    span = (high - low) or 1.0  # a degenerate range (max == min) would divide by zero
+    if isinstance(values, np.ndarray):
+        # One float32 buffer updated in place: maps of large frames are hundreds of MB each.
+        scaled = np.subtract(values, np.float32(threshold), dtype=np.float32)
+        np.divide(scaled, np.float32(span), out=scaled)
+        np.add(scaled, np.float32(0.5), out=scaled)
+        return np.clip(scaled, np.float32(0.0), np.float32(1.0), out=scaled)
+    return float(min(max((float(values) - threshold) / span + 0.5, 0.0), 1.0))
+
+
+def resize_map(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinearly resize an HxW float32 map to (height, width), the input image's size."""
+    anomaly_map = np.ascontiguousarray(anomaly_map, dtype=np.float32)
+    if anomaly_map.shape == (height, width):
+        return anomaly_map.copy()
+    return cv2.resize(anomaly_map, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """The thresholds and normalisation range an artifact was calibrated with."""
+
+    image_threshold: float | None
+    pixel_threshold: float | None
+    normalize: bool
+    image_min: float | None = None
+    image_max: float | None = None
+    pixel_min: float | None = None
+    pixel_max: float | None = None
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> ScoreSpec:
+        """Read the `thresholds` and `normalization` sections of a validated manifest."""
+        thresholds, norm = manifest["thresholds"], manifest["normalization"]
+        return cls(
+            image_threshold=thresholds["image"],
+            pixel_threshold=thresholds["pixel"],
+            normalize=norm["method"] == "minmax_threshold",
+            image_min=norm.get("image_min"),
+            image_max=norm.get("image_max"),
+            pixel_min=norm.get("pixel_min"),
+            pixel_max=norm.get("pixel_max"),
+        )
+
+    def score(self, raw: float) -> float | None:
+        """Normalised image score (0.5 = threshold), or None without an image threshold or normalisation."""
+        if self.image_threshold is None or not self.normalize:
+            return None
+        return normalize(raw, self.image_threshold, self.image_min, self.image_max)
+
+    def is_anomalous(self, raw: float) -> bool | None:
+        """Decide on the raw score so the label never depends on rounding in the normalisation."""
+        return None if self.image_threshold is None else bool(raw >= self.image_threshold)
+
+    def map(self, raw_map: np.ndarray) -> np.ndarray:
+        """Normalised map when a pixel threshold and normalisation exist, else the raw map itself."""
+        if self.pixel_threshold is None or not self.normalize:
+            return raw_map
+        return normalize(raw_map, self.pixel_threshold, self.pixel_min, self.pixel_max)
+
+    def mask(self, raw_map: np.ndarray) -> np.ndarray | None:
+        """Boolean defect mask from the raw pixel threshold, or None without one."""
+        if self.pixel_threshold is None:
+            return None
+        return raw_map >= float32_at_least(self.pixel_threshold)
+
+
+def float32_at_least(value: float) -> np.float32:
+    """Smallest float32 >= value, so `float32_map >= it` equals the exact float64 comparison."""
+    rounded = np.float32(value)
+    if float(rounded) < value:
+        rounded = np.nextafter(rounded, np.float32(np.inf))
+    return rounded

@@ -1,0 +1,1 @@
+"""Tests of the torch-free edgeiad_runtime package."""
