@@ -80,7 +80,10 @@ def estimate_thresholds(test: Scored | None, train_scores: np.ndarray, metrics: 
     if test is not None and metrics:
         image = {"value": float(metrics["image_f1_threshold"]), "method": "f1_max_on_test"}
         pixel_value = metrics.get("pixel_f1_threshold", image["value"])
-        pixel = {"value": float(pixel_value), "method": "f1_max_on_test" if "pixel_f1_threshold" in metrics else "image"}
+        pixel = {
+            "value": float(pixel_value),
+            "method": "f1_max_on_test" if "pixel_f1_threshold" in metrics else "image",
+        }
         scores, low, high = test.scores, test.map_min, test.map_max
     else:
         value = float(train_scores.mean() + 3.0 * train_scores.std())
@@ -252,3 +255,45 @@ def _run_data_spec(record: dict) -> str:
 def run_thresholds(run: Path) -> dict:
     """The thresholds and normalisation a run carries (read by export)."""
     return read_json(Path(run) / "thresholds.json")
+
+
+def score_spec(thresholds: dict):
+    """The runtime's ScoreSpec from a run's thresholds.json, so toolkit and runtime label alike."""
+    from edgeiad_runtime.postprocess import ScoreSpec
+
+    norm = thresholds["normalization"]
+    return ScoreSpec(
+        image_threshold=thresholds["image"]["value"],
+        pixel_threshold=thresholds["pixel"]["value"],
+        normalize=norm["method"] == "minmax_threshold",
+        image_min=norm["image_min"],
+        image_max=norm["image_max"],
+        pixel_min=norm["pixel_min"],
+        pixel_max=norm["pixel_max"],
+    )
+
+
+def predict_images(run: Path, images: list[Path], save_maps: Path | None = None, device: str | None = None):
+    """Yield one dict per image (score, raw score, label) scored by the run's eager model."""
+    from edgeiad_runtime.preprocess import preprocess, read_image
+
+    from .models._fitting import resolve_device
+
+    torch = require_torch()
+    _record, model = load_model(Path(run))
+    spec = score_spec(run_thresholds(run))
+    device = resolve_device(device)
+    model = model.to(device)
+    preprocessing = model.config.preprocessing()
+    if save_maps is not None:
+        Path(save_maps).mkdir(parents=True, exist_ok=True)
+    for path in images:
+        rgb = read_image(path)
+        batch = torch.from_numpy(preprocess(rgb, preprocessing)[None]).to(device)
+        anomaly_map, pred_score = model.infer(batch)
+        raw = float(pred_score[0])
+        if save_maps is not None:
+            raw_map = anomaly_map[0, 0].float().cpu().numpy()
+            image = overlay(rgb, raw_map, spec.pixel_min, spec.pixel_max)
+            cv2.imwrite(str(Path(save_maps) / f"{Path(path).stem}_overlay.png"), image)
+        yield {"path": str(path), "score": spec.score(raw), "raw_score": raw, "is_anomalous": spec.is_anomalous(raw)}

@@ -98,7 +98,9 @@ class FeatureExtractor(nn.Module):
         net.load_state_dict(_state_dict(name), strict=True)
         last = max(layers)
         if last >= len(net._blocks) or min(layers) < 0:
-            raise ConfigError(f"backbone {name} has blocks 0..{len(net._blocks) - 1}: layers {list(layers)} are invalid")
+            raise ConfigError(
+                f"backbone {name} has blocks 0..{len(net._blocks) - 1}: layers {list(layers)} are invalid"
+            )
         self.layers = tuple(sorted(layers))
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
         self.blocks = nn.ModuleList(net._blocks[: last + 1])

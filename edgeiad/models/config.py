@@ -44,7 +44,9 @@ class ModelConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ConfigError(f"config for {cls.__name__} has unknown keys {unknown}: was it written by a newer edgeiad?")
+            raise ConfigError(
+                f"config for {cls.__name__} has unknown keys {unknown}: was it written by a newer edgeiad?"
+            )
         values = dict(data)
         if "layers" in values:
             values["layers"] = tuple(values["layers"])

@@ -22,7 +22,9 @@ def fit_patchcore(config: PatchCoreConfig, batches: Iterable, device: str = "cpu
     features = embeddings.permute(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
     size = max(1, math.ceil(features.shape[0] * config.coreset_ratio))
     with watch.time("coreset_s"):
-        selected = greedy_coreset(features, size, seed=config.seed, projection_dim=config.projection_dim, progress=progress)
+        selected = greedy_coreset(
+            features, size, seed=config.seed, projection_dim=config.projection_dim, progress=progress
+        )
     config.bank_size = int(selected.numel())
     config.feature_dim = int(features.shape[1])
     model = PatchCoreModel(config)

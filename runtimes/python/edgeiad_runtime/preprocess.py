@@ -60,10 +60,20 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"image not found: {path} (check the path)")
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    raw = _quiet_imread(path)
     if raw is None or raw.size == 0:
         raise DataError(f"cannot read image {path}: the file is corrupt or not an image; replace or remove it")
     return to_rgb_uint8(raw, source=str(path), color_order="BGR")
+
+
+def _quiet_imread(path: Path) -> np.ndarray | None:
+    """cv2.imread without OpenCV's own log lines on corrupt files: our DataError says it in one line."""
+    previous = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
 
 
 def to_rgb_uint8(image: np.ndarray, source: str = "image", color_order: str = "RGB") -> np.ndarray:

@@ -1,0 +1,5 @@
+"""`python -m edgeiad` runs the CLI."""
+
+from .cli import main
+
+main()

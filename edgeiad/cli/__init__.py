@@ -1,0 +1,41 @@
+"""The `edgeiad` command line: Typer app, one module per command group, errors as one red line."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ..errors import EdgeiadError
+
+app = typer.Typer(
+    name="edgeiad",
+    help="Train, export, run and benchmark industrial visual anomaly detectors on edge devices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+from . import train as _train  # noqa: E402,F401  (registers commands on `app`)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: EdgeiadError → one line on stderr and exit 2 (traceback only with --debug)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("EDGEIAD_DEBUG") == "1"
+    argv = [arg for arg in argv if arg != "--debug"]
+    try:
+        # standalone mode: Typer handles usage errors (exit 2) and --help itself; ours propagate to here.
+        app(args=argv, prog_name="edgeiad")
+    except EdgeiadError as exc:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("[red]interrupted[/red]")
+        sys.exit(130)

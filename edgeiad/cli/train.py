@@ -1,0 +1,124 @@
+"""`edgeiad train`, `evaluate`, `predict`, `models`, `demo`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import app
+
+console = Console()
+
+
+@app.command()
+def models() -> None:
+    """List the registered models."""
+    from ..models import MODELS
+    from ..models.backbones import BACKBONES
+
+    table = Table(title="models")
+    for column in ("name", "what it does", "paper", "min. train images"):
+        table.add_column(column)
+    for spec in MODELS.values():
+        table.add_row(spec.name, spec.summary, spec.paper, str(spec.min_train_images))
+    console.print(table)
+    console.print(f"backbones: {', '.join(BACKBONES)}")
+
+
+@app.command()
+def train(
+    model: str = typer.Argument(..., help="model name (see `edgeiad models`)"),
+    data: str = typer.Option(..., "--data", help="elpv-mono | elpv-poly | MVTec-layout folder | folder of good images"),
+    backbone: str = typer.Option(None, help="backbone (default efficientnet_lite0)"),
+    image_size: int = typer.Option(None, "--image-size", help="square input size, multiple of 16 (default 256)"),
+    coreset_ratio: float = typer.Option(None, "--coreset-ratio", help="PatchCore memory-bank share (default 0.1)"),
+    seed: int = typer.Option(None, help="random seed (default 0)"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    out: Path = typer.Option(None, help="run folder (default runs/<model>/<data>/<timestamp>)"),
+) -> None:
+    """Fit MODEL on the good images of --data, evaluate on its test split, write a run folder."""
+    from ..engine import train as run_training
+    from ..runs import read_json
+
+    overrides = {"backbone": backbone, "seed": seed}
+    if image_size is not None:
+        overrides["image_size"] = (image_size, image_size)
+    if coreset_ratio is not None:
+        if model.lower() != "patchcore":
+            raise typer.BadParameter("--coreset-ratio applies to patchcore only")
+        overrides["coreset_ratio"] = coreset_ratio
+    run = run_training(
+        model,
+        data,
+        out=out,
+        device=device,
+        overrides=overrides,
+        echo=lambda message: console.print(message, markup=False, highlight=False),
+    )
+    print_run_summary(run, read_json(run / "metrics.json"))
+
+
+def print_run_summary(run: Path, metrics: dict) -> None:
+    table = Table(title=f"run {run}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in (
+        "image_auroc",
+        "image_ap",
+        "image_f1_max",
+        "image_fpr_at_95tpr",
+        "pixel_auroc",
+        "pixel_f1_max",
+        "aupro",
+    ):
+        if key in metrics:
+            table.add_row(key, f"{metrics[key]:.4f}")
+    console.print(table)
+    if metrics.get("overlays"):
+        console.print(f"overlays: {run / 'overlays'}")
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="run folder written by edgeiad train"),
+    data: str = typer.Option(None, "--data", help="dataset to evaluate on (default: the run's own)"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    json_out: bool = typer.Option(False, "--json", help="print metrics as JSON"),
+) -> None:
+    """Re-score a run's test set (or another dataset) with the threshold-free metrics."""
+    from ..engine import evaluate_run
+
+    metrics = evaluate_run(run, data, device)
+    if json_out:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print_run_summary(run, metrics)
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="run folder written by edgeiad train"),
+    images: list[Path] = typer.Argument(..., help="image files to score"),
+    save_maps: Path = typer.Option(None, "--save-maps", help="folder to write heat-map overlays into"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+) -> None:
+    """Score images with a run's eager PyTorch model; one JSON line per image."""
+    from ..engine import predict_images
+
+    for line in predict_images(run, images, save_maps, device):
+        print(json.dumps(line))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="where the demo run and artifact go"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+) -> None:
+    """Train PatchCore on built-in ELPV mono solar cells, evaluate, export to ONNX, print where things are."""
+    from ..demo import run_demo
+
+    run_demo(out, device, console)

@@ -1,0 +1,79 @@
+"""Shared fixtures: single-threaded numerics, a small synthetic MVTec-layout dataset, trained runs."""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+SYNTH_SIZE = 64  # model input size used by the tests: 8x8 patches, fast on one thread
+
+
+def textured(rng: np.random.Generator, size: int = 80) -> np.ndarray:
+    """A good part: smooth stripes plus mild noise (uint8 RGB)."""
+    y, x = np.mgrid[0:size, 0:size]
+    base = 120 + 40 * np.sin(x / 5.0) + rng.normal(0, 4, (size, size))
+    return np.repeat(np.clip(base, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def with_defect(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Paint a dark blob at a random place; return (image, 0/255 mask)."""
+    size = image.shape[0]
+    cy, cx = rng.integers(16, size - 16, 2)
+    mask = np.zeros(image.shape[:2], dtype=np.uint8)
+    cv2.circle(mask, (int(cx), int(cy)), 9, 255, -1)
+    damaged = image.copy()
+    damaged[mask > 0] = (20, 200, 20)
+    return damaged, mask
+
+
+def make_mvtec(root: Path, n_train: int = 12, n_good: int = 4, n_bad: int = 4, seed: int = 0) -> Path:
+    """Write an MVTec-AD-layout dataset with one defect type `blob` and its masks."""
+    rng = np.random.default_rng(seed)
+    for folder in ("train/good", "test/good", "test/blob", "ground_truth/blob"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(n_train):
+        cv2.imwrite(str(root / "train/good" / f"{i:03d}.png"), textured(rng))
+    for i in range(n_good):
+        cv2.imwrite(str(root / "test/good" / f"{i:03d}.png"), textured(rng))
+    for i in range(n_bad):
+        image, mask = with_defect(textured(rng), rng)
+        cv2.imwrite(str(root / "test/blob" / f"{i:03d}.png"), image)
+        cv2.imwrite(str(root / "ground_truth/blob" / f"{i:03d}_mask.png"), mask)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_mvtec(tmp_path_factory) -> Path:
+    return make_mvtec(tmp_path_factory.mktemp("data") / "parts")
+
+
+@pytest.fixture(scope="session")
+def trained_runs(synthetic_mvtec, tmp_path_factory) -> dict[str, Path]:
+    """One run folder per registered model, trained on the synthetic set at 64 px."""
+    pytest.importorskip("torch", reason="training needs the [train] extra")
+    from edgeiad.engine import train
+    from edgeiad.models import MODELS
+
+    runs = {}
+    for name in MODELS:
+        out = tmp_path_factory.mktemp("runs") / name
+        runs[name] = train(name, synthetic_mvtec, out=out, overrides=model_overrides(name), progress=False)
+    return runs
+
+
+def model_overrides(name: str) -> dict:
+    """Small, fast settings for tests (same code paths as the defaults)."""
+    overrides = {"image_size": (SYNTH_SIZE, SYNTH_SIZE)}
+    if name == "patchcore":
+        overrides["coreset_ratio"] = 0.25
+    if name == "padim":
+        overrides["n_features"] = 32
+    return overrides

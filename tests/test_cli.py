@@ -1,0 +1,169 @@
+"""CLI tests: the commands users type, and one red line + exit 2 for every bad-data case."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeiad.cli import main
+
+from .conftest import SYNTH_SIZE, make_mvtec
+
+SMALL = ["--image-size", str(SYNTH_SIZE)]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, pattern: str) -> None:
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert "Traceback" not in err
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    assert re.search(pattern, errors[0]), errors[0]
+
+
+def test_models_lists_the_registry(capsys):
+    code, out, _ = run_cli(["models"], capsys)
+    assert code == 0
+    assert "patchcore" in out and "padim" in out
+
+
+def test_train_evaluate_predict_round_trip(synthetic_mvtec, tmp_path, capsys):
+    pytest.importorskip("torch", reason="needs the [train] extra")
+    run = tmp_path / "run"
+    code, out, _ = run_cli(["train", "padim", "--data", synthetic_mvtec, "--out", run, *SMALL], capsys)
+    assert code == 0 and "image_auroc" in out
+    code, out, _ = run_cli(["evaluate", run, "--json"], capsys)
+    assert code == 0
+    assert json.loads(out)["image_auroc"] == json.loads((run / "metrics.json").read_text())["image_auroc"]
+    image = next((synthetic_mvtec / "test/blob").glob("*.png"))
+    code, out, _ = run_cli(["predict", run, image, "--save-maps", tmp_path / "maps"], capsys)
+    assert code == 0
+    line = json.loads(out.strip().splitlines()[0])
+    assert line["path"] == str(image) and line["is_anomalous"] is True and 0.5 <= line["score"] <= 1.0
+    assert (tmp_path / "maps" / f"{image.stem}_overlay.png").is_file()
+
+
+def corrupt_image(root: Path) -> Path:
+    target = root / "train/good/005.png"
+    target.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    return target
+
+
+def empty_train(root: Path) -> Path:
+    for file in (root / "train/good").iterdir():
+        file.unlink()
+    return root / "train/good"
+
+
+def missing_mask(root: Path) -> Path:
+    mask = root / "ground_truth/blob/001_mask.png"
+    mask.unlink()
+    return mask
+
+
+def wrong_size_mask(root: Path) -> Path:
+    mask = root / "ground_truth/blob/002_mask.png"
+    cv2.imwrite(str(mask), np.zeros((10, 12), dtype=np.uint8))
+    return mask
+
+
+@pytest.mark.parametrize(
+    ("damage", "pattern"),
+    [
+        (corrupt_image, r"cannot read image .*005\.png: the file is corrupt"),
+        (empty_train, r"no training images in .*train/good"),
+        (missing_mask, r"001_mask\.png"),
+        (wrong_size_mask, r"002_mask\.png is 10x12 pixels but image .* is 80x80"),
+    ],
+    ids=["corrupt-image", "empty-train", "missing-mask", "mask-size"],
+)
+def test_bad_data_gives_one_line_and_exit_2(tmp_path, capsys, damage, pattern):
+    pytest.importorskip("torch", reason="needs the [train] extra")
+    root = make_mvtec(tmp_path / "data", n_train=6, n_good=2, n_bad=3)
+    damage(root)
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", "patchcore", "--data", root, "--out", out, *SMALL], capsys)
+    assert_one_line_error(code, err, pattern)
+    assert not out.exists(), "a failed run must leave nothing behind"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run")], "staging folder left behind"
+
+
+def test_missing_folder_and_unknown_names(tmp_path, capsys):
+    code, _, err = run_cli(["train", "patchcore", "--data", tmp_path / "nope"], capsys)
+    assert_one_line_error(code, err, r"dataset folder not found: .*nope")
+    code, _, err = run_cli(["train", "resnet", "--data", tmp_path], capsys)
+    assert_one_line_error(code, err, r"unknown model 'resnet': choose one of patchcore, padim")
+    code, _, err = run_cli(["train", "patchcore", "--data", "elpv-foo"], capsys)
+    assert_one_line_error(code, err, r"elpv-foo.*elpv-mono")
+
+
+def test_too_few_images_for_the_model(tmp_path, capsys):
+    pytest.importorskip("torch", reason="needs the [train] extra")
+    root = make_mvtec(tmp_path / "data", n_train=1, n_good=1, n_bad=1)
+    code, _, err = run_cli(["train", "padim", "--data", root, *SMALL], capsys)
+    assert_one_line_error(code, err, r"model padim needs at least 2 training images, found 1")
+
+
+def test_bad_options_and_run_folders(synthetic_mvtec, tmp_path, capsys):
+    code, _, err = run_cli(["train", "patchcore", "--data", synthetic_mvtec, "--image-size", "100"], capsys)
+    assert_one_line_error(code, err, r"image size 100x100 is not supported: use multiples of 16")
+    code, _, err = run_cli(["train", "patchcore", "--data", synthetic_mvtec, "--coreset-ratio", "0"], capsys)
+    assert_one_line_error(code, err, r"coreset ratio 0.0 is out of range")
+    code, _, err = run_cli(["evaluate", tmp_path / "norun"], capsys)
+    assert_one_line_error(code, err, r"run folder not found")
+    (tmp_path / "half").mkdir()
+    code, _, err = run_cli(["evaluate", tmp_path / "half"], capsys)
+    assert_one_line_error(code, err, r"missing config.json, weights.safetensors")
+
+
+def test_existing_out_folder_is_refused(synthetic_mvtec, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    code, _, err = run_cli(["train", "padim", "--data", synthetic_mvtec, "--out", out, *SMALL], capsys)
+    assert_one_line_error(code, err, r"--out .*taken exists and is not empty")
+    assert (out / "keep.txt").read_text() == "user data"
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "edgeiad", "train", "padim", "--data", str(tmp_path / "nope"), "--debug"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_without_torch_the_train_command_names_the_extra(tmp_path):
+    # Simulate a runtime-only install: make `import torch` fail inside a subprocess.
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from edgeiad.cli import main\n"
+        f"main(['train', 'patchcore', '--data', {str(make_mvtec(tmp_path / 'd', 2, 1, 1))!r}])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "pip install 'edgeiad[train]'" in result.stderr.replace("\n", " ")
+
+
+def test_readme_test_command_is_what_ci_runs():
+    root = Path(__file__).resolve().parents[1]
+    readme, ci = (root / "README.md").read_text(), (root / ".ci/run").read_text()
+    command = next(line for line in readme.splitlines() if "pytest" in line and "pip install" in line)
+    assert command.strip().strip("`") in ci
+    assert shutil.which("bash")
