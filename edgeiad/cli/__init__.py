@@ -20,7 +20,8 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 
-from . import train as _train  # noqa: E402,F401  (registers commands on `app`)
+from . import export as _export  # noqa: E402,F401  (registers commands on `app`)
+from . import train as _train  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -69,7 +69,7 @@ class PadimModel(nn.Module):
         embedding = self.embed(image)
         batch, dim, height, width = embedding.shape
         # positions first, so one batched matmul applies each position's own inverse covariance
-        diff = embedding.reshape(batch, dim, height * width).permute(2, 0, 1) - mean.unsqueeze(1)
+        diff = embedding.reshape(batch, dim, height * width).permute(2, 0, 1) - mean.to(embedding.dtype).unsqueeze(1)
         projected = torch.bmm(diff, inv_covariance.to(diff.dtype))
         squared = (projected * diff).sum(dim=-1).clamp(min=0.0)
         scores = torch.sqrt(squared).transpose(0, 1).reshape(batch, 1, height, width)

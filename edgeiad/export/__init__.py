@@ -1,0 +1,225 @@
+"""`edgeiad export`: a run folder becomes a self-describing artifact folder the torch-free runtime loads."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..data import iter_batches, load_dataset
+from ..errors import ConfigError, DataError
+from ..runs import StagingDir, load_model, read_json, versions
+from .targets import TARGETS, Target, check_combination, get_target
+
+__all__ = ["TARGETS", "export_run", "parse_batch"]
+
+DEFAULT_MAX_BATCH = 16
+CALIBRATION_IMAGES = 32
+
+
+def parse_batch(value: str | int | None) -> dict:
+    """'dynamic' (max 16) or 'dynamic:N', or a static batch size N ≥ 1."""
+    text = str(value if value is not None else "dynamic").strip().lower()
+    if text.startswith("dynamic"):
+        _, _, limit = text.partition(":")
+        maximum = int(limit) if limit.isdigit() and int(limit) > 0 else DEFAULT_MAX_BATCH
+        return {"mode": "dynamic", "size": None, "max": maximum}
+    if text.isdigit() and int(text) >= 1:
+        return {"mode": "static", "size": int(text), "max": int(text)}
+    raise ConfigError(f"--batch {value!r} is invalid: use a positive integer, 'dynamic' or 'dynamic:MAX'")
+
+
+def export_run(
+    run: Path,
+    target: str = "onnx",
+    precision: str = "fp32",
+    stats: str = "baked",
+    batch: str | int | None = None,
+    out: Path | None = None,
+    force: bool = False,
+    stats_dtype: str = "fp32",
+    data: str | None = None,
+    echo=None,
+) -> Path:
+    """Export a run to `out`; the artifact appears only once it passed its parity check."""
+    echo = echo or (lambda message: None)
+    spec = get_target(target)
+    check_combination(spec, precision, stats)
+    if stats_dtype not in ("fp32", "fp16"):
+        raise ConfigError(f"--stats-dtype {stats_dtype!r} is invalid: use fp32 or fp16")
+    batch_info = parse_batch(batch)
+    record, model = load_model(Path(run))
+    out = Path(out) if out else Path("artifacts") / f"{model.config.model}-{spec.name}-{precision}-{stats}"
+    _check_out(out, force)
+    dataset = load_dataset(data or record["data"].get("root") or record["data"]["name"])
+    started = time.perf_counter()
+    staging_target = out.with_name(out.name + ".partial") if out.exists() else out
+    with StagingDir(staging_target) as staging:
+        facts = _write_model_files(staging, spec, model, precision, stats, stats_dtype, batch_info, dataset, echo)
+        manifest = _manifest(record, model, spec, precision, stats, stats_dtype, batch_info, facts, Path(run))
+        _write(staging, manifest)
+        if not facts.get("deferred_engine_only"):
+            echo("checking parity against eager PyTorch")
+            from .parity import check_parity
+
+            _record, reference = load_model(Path(run))  # untouched fp32 model: the reference
+            manifest["parity"] = check_parity(staging, reference, dataset, spec, precision, _eager_scores(Path(run)))
+            _write(staging, manifest)
+        manifest["export_seconds"] = round(time.perf_counter() - started, 2)
+        _write(staging, manifest)
+    if staging_target != out:
+        shutil.rmtree(out)
+        staging_target.rename(out)
+    return out
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not force:
+            raise ConfigError(f"--out {out} exists and is not empty: choose a new folder or pass --force to replace it")
+        if not (out / "manifest.json").is_file():
+            raise ConfigError(f"--force refused: {out} is not an edgeiad artifact folder (no manifest.json)")
+
+
+def _write(folder: Path, manifest: dict) -> None:
+    from edgeiad_runtime.manifest import write_manifest
+
+    write_manifest(folder, manifest)
+
+
+def _eager_scores(run: Path):
+    path = run / "scores.csv"
+    if not path.is_file():
+        return None
+    with open(path) as handle:
+        return np.array([float(row["score"]) for row in csv.DictReader(handle)])
+
+
+def calibration_batch(model, dataset) -> np.ndarray:
+    """Up to 32 preprocessed training images, spread over the set, for INT8 calibration."""
+    picks = np.linspace(0, len(dataset.train) - 1, min(CALIBRATION_IMAGES, len(dataset.train))).round().astype(int)
+    samples = [dataset.train[i] for i in sorted(set(picks.tolist()))]
+    arrays = [array for array, _ in iter_batches(samples, model.config.preprocessing(), batch_size=8)]
+    if not arrays:
+        raise DataError("INT8 export needs calibration images but the run's training set yielded none")
+    return np.concatenate(arrays)
+
+
+def _write_model_files(staging, spec: Target, model, precision, stats, stats_dtype, batch, dataset, echo) -> dict:
+    """model.onnx first (every target starts from it), then the target's own conversion."""
+    from edgeiad_runtime.safetensors_io import save_file
+
+    from .onnx import compress_fp16, export_onnx, quantize_backbone_int8, stats_tensors
+
+    onnx_path = staging / "model.onnx"
+    arrays = stats_tensors(model, stats_dtype)
+    echo(f"exporting {model.config.model} to ONNX (stats {stats}, bank {stats_dtype}, batch {batch['mode']})")
+    facts = export_onnx(model, onnx_path, batch, stats, stats_dtype)
+    backbone_nodes = facts.pop("backbone_nodes")
+    if stats == "sidecar":
+        save_file(arrays, staging / "stats.safetensors", metadata={"model": model.config.model})
+    feeds = arrays if stats == "sidecar" else {}
+    calibration = calibration_batch(model, dataset) if precision == "int8" else None
+    if spec.name == "onnx" and precision == "fp16":
+        facts.update(compress_fp16(onnx_path))
+    if spec.name in ("onnx", "trt") and precision == "int8":
+        echo("quantizing the backbone to INT8 (the distance part stays fp32)")
+        facts.update(quantize_backbone_int8(onnx_path, calibration, backbone_nodes, feeds))
+    if spec.name == "openvino":
+        facts["openvino"] = _to_openvino(onnx_path, staging, precision, calibration, backbone_nodes, echo)
+    if spec.name == "trt":
+        facts["engine"] = _to_tensorrt(onnx_path, staging, precision, batch, model, arrays, stats, calibration, echo)
+    return facts
+
+
+def _to_openvino(onnx_path: Path, staging: Path, precision, calibration, backbone_nodes, echo) -> dict:
+    import onnx
+
+    from .openvino import convert_to_openvino
+
+    echo(f"converting to OpenVINO IR ({precision})")
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    backbone = set(backbone_nodes)
+    scoring = [node.name for node in graph.node if node.name not in backbone]
+    info = convert_to_openvino(onnx_path, staging, precision, calibration, scoring)
+    onnx_path.unlink()
+    onnx_path.with_name(onnx_path.name + ".data").unlink(missing_ok=True)
+    return info
+
+
+def _to_tensorrt(onnx_path, staging, precision, batch, model, arrays, stats, calibration, echo) -> dict:
+    from .tensorrt import build_engine, deferred_build_settings, tensorrt_available
+
+    input_shape = (3, *model.image_size)
+    sidecar = {name: tuple(value.shape) for name, value in arrays.items()} if stats == "sidecar" else None
+    if not tensorrt_available():
+        echo("TensorRT is not installed here: writing a deferred artifact; build it on the device with "
+             "`edgeiad build-engine ARTIFACT`")
+        return {"deferred": True, "trt_version": None, "gpu": None,
+                "build": deferred_build_settings(precision, batch, input_shape, sidecar)}
+    echo(f"building the TensorRT engine ({precision})")
+    info = build_engine(onnx_path, staging / "model.engine", precision, batch, input_shape,
+                        calibration=calibration, sidecar_shapes=sidecar)
+    return {"deferred": False, **info}
+
+
+def _manifest(record, model, spec: Target, precision, stats, stats_dtype, batch, facts, run: Path) -> dict:
+    """Everything the runtime needs, and everything a reviewer needs to trust the artifact."""
+    height, width = model.image_size
+    first = batch["size"] if batch["mode"] == "static" else "batch"
+    engine = facts.pop("engine", None)
+    openvino = facts.pop("openvino", None)
+    deferred = bool(engine and engine.pop("deferred"))
+    model_file = {"onnx": "model.onnx", "openvino": "model.xml", "trt": "model.onnx" if deferred else "model.engine"}
+    thresholds = read_json(run / "thresholds.json")
+    return {
+        "schema_version": 1,
+        "format": "edgeiad-artifact",
+        "model": {"name": model.config.model, "config": model.config.to_dict()},
+        "target": spec.name,
+        "precision": precision,
+        "precision_hint": openvino["precision_hint"] if openvino else None,
+        "files": {
+            "model": model_file[spec.name],
+            "onnx": None if spec.name == "openvino" else "model.onnx",
+            "stats": "stats.safetensors" if stats == "sidecar" else None,
+        },
+        "deferred": deferred,
+        "inputs": {"image": {"shape": [first, 3, height, width], "dtype": "float32"}},
+        "outputs": {"anomaly_map": {"shape": [first, 1, height, width]}, "pred_score": {"shape": [first]}},
+        "batch": batch,
+        "preprocessing": model.config.preprocessing().to_dict(),
+        "stats": {
+            "mode": stats,
+            "file": "stats.safetensors" if stats == "sidecar" else None,
+            "tensors": list(model.stats_names),
+            "dtype": stats_dtype,
+        },
+        "thresholds": {
+            "image": thresholds["image"]["value"],
+            "pixel": thresholds["pixel"]["value"],
+            "method": f"image: {thresholds['image']['method']}, pixel: {thresholds['pixel']['method']}",
+        },
+        "normalization": thresholds["normalization"],
+        "versions": _versions(openvino, engine),
+        "parity": None,
+        "data": {k: record["data"].get(k) for k in ("name", "n_train", "fingerprint")},
+        "engine": engine,
+        "export": {"run": str(run), **facts, **({"openvino": openvino} if openvino else {})},
+    }
+
+
+def _versions(openvino: dict | None, engine: dict | None) -> dict:
+    import onnx
+    import onnxruntime
+
+    found = {k: str(v) for k, v in versions().items()}
+    found.update({"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__})
+    if openvino:
+        found["openvino"] = str(openvino.get("openvino"))
+    if engine and engine.get("trt_version"):
+        found["tensorrt"] = str(engine["trt_version"])
+    return found

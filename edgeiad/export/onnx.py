@@ -1,0 +1,145 @@
+"""Export a fitted model to ONNX (dynamo exporter), plus fp16 weight storage and backbone-only INT8."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, require, require_torch
+
+OPSET = 18
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit: larger statistics go to model.onnx.data
+INPUT_NAME = "image"
+OUTPUT_NAMES = ["anomaly_map", "pred_score"]
+
+
+def stats_tensors(model, dtype: str) -> dict[str, np.ndarray]:
+    """The model's statistics buffers (bank, mean, inverse covariance) in the storage dtype."""
+    numpy_dtype = np.float16 if dtype == "fp16" else np.float32
+    return {name: getattr(model, name).detach().cpu().numpy().astype(numpy_dtype) for name in model.stats_names}
+
+
+def export_onnx(model, path: Path, batch: dict, stats_mode: str, stats_dtype: str) -> dict:
+    """Write model.onnx honouring the graph contract; return facts for the manifest."""
+    torch = require_torch()
+    require("onnxscript", "train")
+    onnx = require("onnx", "train")
+    height, width = model.image_size
+    example_batch = batch["size"] or 2
+    image = torch.zeros(example_batch, 3, height, width)
+    stats = stats_tensors(model, stats_dtype)
+    if stats_mode == "baked":
+        for name, value in stats.items():
+            setattr(model, name, torch.from_numpy(value))  # fp16 storage is cast back inside the graph
+        args, input_names = (image,), [INPUT_NAME]
+    else:
+        args = (image, *[torch.from_numpy(value) for value in stats.values()])
+        input_names = [INPUT_NAME, *stats]
+    dynamic = None
+    if batch["mode"] == "dynamic":
+        dim = torch.export.Dim("batch", min=1, max=max(batch["max"], 2))
+        dynamic = ({0: dim}, *[None] * (len(args) - 1))
+    big = sum(value.nbytes for value in stats.values()) > EXTERNAL_DATA_BYTES
+    with warnings.catch_warnings(), _quiet_exporter():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(), args, str(path), input_names=input_names, output_names=OUTPUT_NAMES,
+            opset_version=OPSET, dynamo=True, dynamic_shapes=dynamic, external_data=big, verbose=False,
+        )
+    onnx.checker.check_model(str(path))
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "opset": OPSET,
+        "nodes": len(graph.node),
+        "external_data": big,
+        "backbone_nodes": backbone_node_names(graph),
+    }
+
+
+class _quiet_exporter:
+    """The dynamo exporter prints progress lines and torchvision notices; keep the CLI output clean."""
+
+    def __enter__(self):
+        import contextlib
+        import io
+        import logging
+
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
+        return self
+
+    def __exit__(self, *exc):
+        self._stack.close()
+
+
+def backbone_node_names(graph) -> list[str]:
+    """Names of the nodes that came from `feature_extractor` (the dynamo exporter records module scopes)."""
+    names = []
+    for node in graph.node:
+        for prop in node.metadata_props:
+            if prop.key == "pkg.torch.onnx.name_scopes" and "'feature_extractor'" in prop.value:
+                names.append(node.name)
+                break
+    return names
+
+
+def compress_fp16(path: Path) -> dict:
+    """Store float32 weights as float16 with a Cast back (half the file; CPU EPs still compute fp32)."""
+    onnx = require("onnx", "train")
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    converted, nodes = [], []
+    for init in list(graph.initializer):
+        if init.data_type != TensorProto.FLOAT or np.prod(init.dims) < 16:
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "__fp16")
+        converted.append(half)
+        nodes.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT, name=init.name + "__cast"))
+        graph.initializer.remove(init)
+    graph.initializer.extend(converted)
+    for node in reversed(nodes):
+        graph.node.insert(0, node)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return {"fp16_weights": len(converted), "compute": "fp32 on CPU execution providers; fp16 on GPU/TensorRT"}
+
+
+def quantize_backbone_int8(path: Path, calibration: np.ndarray, backbone_nodes: list[str], extra_feeds: dict) -> dict:
+    """Static QDQ INT8 of the backbone only; the distance part stays fp32 (quantizing it collapses AUROC)."""
+    quantization = require("onnxruntime.quantization", "train")
+    if len(calibration) == 0:
+        raise ConfigError("INT8 export needs calibration images: the run's training set is empty or unreadable")
+    if not backbone_nodes:
+        raise ConfigError("INT8: could not find the backbone nodes in the ONNX graph; export fp32 or fp16 instead")
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"image": calibration[i : i + 1], **extra_feeds} for i in range(len(calibration))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    import logging
+
+    # onnxruntime.quantization logs "consider pre-processing" on the root logger at WARNING for every call.
+    logging.getLogger().setLevel(logging.ERROR)
+    source = path.with_name("fp32_" + path.name)
+    path.rename(source)
+    try:
+        quantization.quantize_static(
+            str(source), str(path), Reader(), quant_format=quantization.QuantFormat.QDQ,
+            activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
+            nodes_to_quantize=backbone_nodes, per_channel=True,
+            calibrate_method=quantization.CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    finally:
+        source.unlink(missing_ok=True)
+    return {"int8": "static QDQ, backbone only", "calibration_images": len(calibration), "quantized_nodes": len(backbone_nodes)}

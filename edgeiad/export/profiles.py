@@ -1,0 +1,45 @@
+"""Device profiles (TOML in the repository's export/ folder): target, precision, batch, threads, input size."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError, DataNotFoundError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PROFILE_KEYS = {"name", "description", "device", "target", "precision", "stats", "batch", "threads", "image_size"}
+
+
+def profile_dirs() -> list[Path]:
+    """$EDGEIAD_PROFILE_DIR, then the export/ folder of the source tree this package runs from."""
+    dirs = []
+    if os.environ.get("EDGEIAD_PROFILE_DIR"):
+        dirs.append(Path(os.environ["EDGEIAD_PROFILE_DIR"]))
+    dirs.append(Path(__file__).resolve().parents[2] / "export")
+    return dirs
+
+
+def load_profile(name_or_path: str) -> dict:
+    """Read a profile by name (export/<name>.toml) or path; unknown keys are an error, not ignored."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        candidates = [d / f"{name_or_path}.toml" for d in profile_dirs()]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            known = sorted({p.stem for d in profile_dirs() if d.is_dir() for p in d.glob("*.toml")})
+            raise DataNotFoundError(f"profile {name_or_path!r} not found: use one of {', '.join(known) or 'none'}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"profile {path} is not valid TOML ({exc}): fix the file") from None
+    unknown = sorted(set(data) - PROFILE_KEYS)
+    if unknown:
+        raise ConfigError(f"profile {path} has unknown keys {unknown}: allowed are {sorted(PROFILE_KEYS)}")
+    data.setdefault("name", path.stem)
+    return data

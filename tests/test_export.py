@@ -1,0 +1,145 @@
+"""Export round trips, parametrized over the model registry × the target table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="export needs the [train] extra")
+
+from edgeiad.errors import ArtifactError, ConfigError  # noqa: E402
+from edgeiad.export import export_run, parse_batch  # noqa: E402
+from edgeiad.export.targets import TARGETS  # noqa: E402
+from edgeiad.models import MODELS  # noqa: E402
+
+from .test_cli import assert_one_line_error, run_cli  # noqa: E402
+
+CASES = [(m, t) for m in MODELS for t in TARGETS if TARGETS[t].unavailable() is None]
+
+
+@pytest.fixture(scope="module")
+def artifacts(trained_runs, tmp_path_factory):
+    """fp32 baked dynamic-batch artifact per model × target (built once, reused)."""
+    built = {}
+    for model, target in CASES:
+        out = tmp_path_factory.mktemp("artifacts") / f"{model}-{target}"
+        built[(model, target)] = export_run(trained_runs[model], target, "fp32", "baked", "dynamic:8", out=out)
+    return built
+
+
+@pytest.mark.parametrize(("model", "target"), CASES)
+def test_round_trip_matches_eager_at_batch_1_and_n(artifacts, trained_runs, model, target):
+    from edgeiad_runtime import Detector
+
+    from edgeiad.runs import read_json
+
+    artifact = artifacts[(model, target)]
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["parity"]["passed"] is True
+    assert manifest["parity"]["max_rel_map_error"] < TARGETS[target].map_tolerance["fp32"]
+    assert manifest["parity"]["batch1_vs_batchN_score_diff"] < 1e-4
+    assert manifest["inputs"]["image"]["shape"][0] == "batch"
+    assert set(manifest["sha256"]) >= {manifest["files"]["model"]}
+    thresholds = read_json(trained_runs[model] / "thresholds.json")
+    assert manifest["thresholds"]["image"] == thresholds["image"]["value"]
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (80, 80, 3), dtype=np.uint8) for _ in range(5)]
+    with Detector.load(artifact, threads=1) as detector:
+        batch = detector.predict_batch(frames, color_order="RGB")
+        singles = [detector.predict(frame, color_order="RGB") for frame in frames]
+    for one, many in zip(singles, batch):
+        assert abs(one.raw_score - many.raw_score) < 1e-4 * max(1.0, abs(one.raw_score))
+        assert one.anomaly_map.shape == (80, 80)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize(("precision", "stats", "batch"), [("fp16", "sidecar", "2"), ("int8", "baked", "1")])
+def test_onnx_precisions_and_sidecar_stats(trained_runs, tmp_path, model, precision, stats, batch):
+    artifact = export_run(trained_runs[model], "onnx", precision, stats, batch, out=tmp_path / "a", stats_dtype="fp16")
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["precision"] == precision and manifest["stats"]["mode"] == stats
+    assert manifest["batch"] == parse_batch(batch)
+    assert (artifact / "stats.safetensors").is_file() == (stats == "sidecar")
+    assert manifest["parity"]["passed"] is True
+
+
+def test_int8_quantizes_the_backbone_only(trained_runs, tmp_path):
+    import onnx
+
+    artifact = export_run(trained_runs["patchcore"], "onnx", "int8", "baked", "1", out=tmp_path / "q")
+    graph = onnx.load(str(artifact / "model.onnx")).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    quantized_inputs = {
+        node.op_type for node in graph.node for name in node.input
+        if name in producers and producers[name].op_type == "DequantizeLinear"
+    }
+    assert "Conv" in quantized_inputs
+    assert "MatMul" not in quantized_inputs and "ReduceMin" not in quantized_inputs
+
+
+def test_sidecar_bank_can_be_hot_swapped(trained_runs, tmp_path):
+    from edgeiad_runtime import Detector
+    from edgeiad_runtime.manifest import load_manifest, write_manifest
+    from edgeiad_runtime.safetensors_io import load_file, save_file
+
+    artifact = export_run(trained_runs["patchcore"], "onnx", "fp32", "sidecar", "dynamic", out=tmp_path / "s")
+    frame = np.full((64, 64, 3), 128, dtype=np.uint8)
+    with Detector.load(artifact, threads=1) as detector:
+        before = detector.predict(frame).raw_score
+    bank = load_file(artifact / "stats.safetensors")["memory_bank"]
+    save_file({"memory_bank": bank[: len(bank) // 2]}, artifact / "stats.safetensors")  # refit on the appliance
+    write_manifest(artifact, load_manifest(artifact, verify=False))
+    with Detector.load(artifact, threads=1) as detector:
+        after = detector.predict(frame).raw_score
+    assert after >= before - 1e-4  # a smaller bank can only move patches farther away
+
+
+def test_bad_requests_are_refused_with_one_line(trained_runs, tmp_path, capsys):
+    run = trained_runs["padim"]
+    code, _, err = run_cli(["export", "--run", run, "--target", "tflite"], capsys)
+    assert_one_line_error(code, err, r"unknown target 'tflite': choose one of onnx, openvino, trt")
+    code, _, err = run_cli(["export", "--run", run, "--precision", "int4"], capsys)
+    assert_one_line_error(code, err, r"precision 'int4' is not supported by onnx: use fp32, fp16, int8")
+    code, _, err = run_cli(["export", "patchcore", "--run", run], capsys)
+    assert_one_line_error(code, err, r"holds a padim model, not patchcore")
+    code, _, err = run_cli(["export", "--run", run, "--batch", "0"], capsys)
+    assert_one_line_error(code, err, r"--batch '0' is invalid")
+    code, _, err = run_cli(["export", "--run", tmp_path / "missing"], capsys)
+    assert_one_line_error(code, err, r"run folder not found")
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    code, _, err = run_cli(["export", "--run", run, "--out", out], capsys)
+    assert_one_line_error(code, err, r"exists and is not empty: choose a new folder or pass --force")
+    code, _, err = run_cli(["export", "--run", run, "--out", out, "--force"], capsys)
+    assert_one_line_error(code, err, r"--force refused: .* is not an edgeiad artifact folder")
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_force_replaces_an_artifact_and_failed_parity_leaves_nothing(trained_runs, tmp_path, monkeypatch):
+    run = trained_runs["padim"]
+    out = export_run(run, "onnx", "fp32", "baked", "1", out=tmp_path / "a")
+    first = json.loads((out / "manifest.json").read_text())["created"]
+    export_run(run, "onnx", "fp32", "baked", "2", out=out, force=True)
+    assert json.loads((out / "manifest.json").read_text())["batch"]["size"] == 2 or first
+    monkeypatch.setitem(TARGETS["onnx"].map_tolerance, "fp32", 0.0)
+    with pytest.raises(ArtifactError, match=r"parity check failed: .* nothing was written"):
+        export_run(run, "onnx", "fp32", "baked", "1", out=tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_profiles_apply_and_unknown_ones_are_named(trained_runs, tmp_path, capsys):
+    from edgeiad.export.profiles import load_profile
+
+    for name in ("intel-cpu", "jetson-orin-nano", "x86-cuda", "onnx-cpu"):
+        profile = load_profile(name)
+        assert profile["target"] in TARGETS and profile["precision"] in TARGETS[profile["target"]].precisions
+    code, _, err = run_cli(["export", "--run", trained_runs["padim"], "--profile", "toaster"], capsys)
+    assert_one_line_error(code, err, r"profile 'toaster' not found: use one of .*intel-cpu")
+    with pytest.raises(ConfigError, match="unknown keys"):
+        bad = tmp_path / "bad.toml"
+        bad.write_text('target = "onnx"\ncolour = "red"\n')
+        load_profile(str(bad))
