@@ -72,7 +72,9 @@ def test_int8_quantizes_the_backbone_only(trained_runs, tmp_path):
     graph = onnx.load(str(artifact / "model.onnx")).graph
     producers = {out: node for node in graph.node for out in node.output}
     quantized_inputs = {
-        node.op_type for node in graph.node for name in node.input
+        node.op_type
+        for node in graph.node
+        for name in node.input
         if name in producers and producers[name].op_type == "DequantizeLinear"
     }
     assert "Conv" in quantized_inputs
@@ -143,3 +145,20 @@ def test_profiles_apply_and_unknown_ones_are_named(trained_runs, tmp_path, capsy
         bad = tmp_path / "bad.toml"
         bad.write_text('target = "onnx"\ncolour = "red"\n')
         load_profile(str(bad))
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_deferred_trt_artifact_passes_trt_check_and_names_build_engine(artifacts, model, capsys):
+    artifact = artifacts[(model, "trt")]
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["deferred"] is True and manifest["files"]["model"] == "model.onnx"
+    assert manifest["engine"]["build"]["precision"] == "fp32"
+    code, out, _ = run_cli(["trt-check", artifact], capsys)
+    assert code == 0 and "OK for TensorRT 10" in out
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        before = (artifact / "manifest.json").read_bytes()
+        code, _, err = run_cli(["build-engine", artifact], capsys)
+        assert_one_line_error(code, err, r"TensorRT is not installed: run pip install 'edgeiad\[tensorrt\]'")
+        assert (artifact / "manifest.json").read_bytes() == before

@@ -29,7 +29,9 @@ def export(
     stats_dtype: str = typer.Option("fp32", "--stats-dtype", help="storage precision of bank/statistics: fp32|fp16"),
     batch: str = typer.Option(None, "--batch", help="static N, 'dynamic' or 'dynamic:MAX' (default dynamic, max 16)"),
     profile: str = typer.Option(None, "--profile", help="device profile name (export/*.toml) or path"),
-    out: Path = typer.Option(None, "--out", help="artifact folder (default artifacts/<model>-<target>-<precision>-<stats>)"),
+    out: Path = typer.Option(
+        None, "--out", help="artifact folder (default artifacts/<model>-<target>-<precision>-<stats>)"
+    ),
     force: bool = typer.Option(False, "--force", help="replace an existing artifact folder"),
 ) -> None:
     """Export a trained run to an artifact folder (model + manifest.json [+ stats.safetensors])."""
@@ -60,8 +62,11 @@ def export(
         _say(
             f"parity vs eager: max map error {parity['max_rel_map_error']:.2e} of range, "
             f"score error {parity['max_abs_score_error']:.3g}"
-            + (f", AUROC {parity['exported_image_auroc']:.4f} (eager {parity['eager_image_auroc']:.4f})"
-               if "exported_image_auroc" in parity else "")
+            + (
+                f", AUROC {parity['exported_image_auroc']:.4f} (eager {parity['eager_image_auroc']:.4f})"
+                if "exported_image_auroc" in parity
+                else ""
+            )
         )
     if manifest.get("deferred"):
         _say(f"deferred TensorRT artifact: on the device run `edgeiad build-engine {artifact}`")
@@ -80,7 +85,9 @@ def build_engine(
 
 
 @app.command("trt-check")
-def trt_check(artifact: Path = typer.Argument(..., help="artifact folder (any target with model.onnx) or .onnx file")) -> None:
+def trt_check(
+    artifact: Path = typer.Argument(..., help="artifact folder (any target with model.onnx) or .onnx file"),
+) -> None:
     """Check an ONNX graph for TensorRT 10 compatibility without TensorRT; prints what to change."""
     from ..export.trt_check import check_artifact_for_tensorrt, check_onnx_for_tensorrt, format_findings
 

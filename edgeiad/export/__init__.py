@@ -129,13 +129,13 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
         echo("quantizing the backbone to INT8 (the distance part stays fp32)")
         facts.update(quantize_backbone_int8(onnx_path, calibration, backbone_nodes, feeds))
     if spec.name == "openvino":
-        facts["openvino"] = _to_openvino(onnx_path, staging, precision, calibration, backbone_nodes, echo)
+        facts["openvino"] = _to_openvino(onnx_path, staging, precision, calibration, backbone_nodes, feeds, echo)
     if spec.name == "trt":
         facts["engine"] = _to_tensorrt(onnx_path, staging, precision, batch, model, arrays, stats, calibration, echo)
     return facts
 
 
-def _to_openvino(onnx_path: Path, staging: Path, precision, calibration, backbone_nodes, echo) -> dict:
+def _to_openvino(onnx_path: Path, staging: Path, precision, calibration, backbone_nodes, feeds, echo) -> dict:
     import onnx
 
     from .openvino import convert_to_openvino
@@ -144,7 +144,7 @@ def _to_openvino(onnx_path: Path, staging: Path, precision, calibration, backbon
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     backbone = set(backbone_nodes)
     scoring = [node.name for node in graph.node if node.name not in backbone]
-    info = convert_to_openvino(onnx_path, staging, precision, calibration, scoring)
+    info = convert_to_openvino(onnx_path, staging, precision, calibration, scoring, stats=feeds or None)
     onnx_path.unlink()
     onnx_path.with_name(onnx_path.name + ".data").unlink(missing_ok=True)
     return info
@@ -156,13 +156,26 @@ def _to_tensorrt(onnx_path, staging, precision, batch, model, arrays, stats, cal
     input_shape = (3, *model.image_size)
     sidecar = {name: tuple(value.shape) for name, value in arrays.items()} if stats == "sidecar" else None
     if not tensorrt_available():
-        echo("TensorRT is not installed here: writing a deferred artifact; build it on the device with "
-             "`edgeiad build-engine ARTIFACT`")
-        return {"deferred": True, "trt_version": None, "gpu": None,
-                "build": deferred_build_settings(precision, batch, input_shape, sidecar)}
+        echo(
+            "TensorRT is not installed here: writing a deferred artifact; build it on the device with "
+            "`edgeiad build-engine ARTIFACT`"
+        )
+        return {
+            "deferred": True,
+            "trt_version": None,
+            "gpu": None,
+            "build": deferred_build_settings(precision, batch, input_shape, sidecar),
+        }
     echo(f"building the TensorRT engine ({precision})")
-    info = build_engine(onnx_path, staging / "model.engine", precision, batch, input_shape,
-                        calibration=calibration, sidecar_shapes=sidecar)
+    info = build_engine(
+        onnx_path,
+        staging / "model.engine",
+        precision,
+        batch,
+        input_shape,
+        calibration=calibration,
+        sidecar_shapes=sidecar,
+    )
     return {"deferred": False, **info}
 
 

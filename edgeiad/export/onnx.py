@@ -37,16 +37,29 @@ def export_onnx(model, path: Path, batch: dict, stats_mode: str, stats_dtype: st
     else:
         args = (image, *[torch.from_numpy(value) for value in stats.values()])
         input_names = [INPUT_NAME, *stats]
-    dynamic = None
-    if batch["mode"] == "dynamic":
-        dim = torch.export.Dim("batch", min=1, max=max(batch["max"], 2))
-        dynamic = ({0: dim}, *[None] * (len(args) - 1))
+    image_dims = {0: torch.export.Dim("batch", min=1, max=max(batch["max"], 2))} if batch["mode"] == "dynamic" else None
+    # A sidecar bank keeps its row count open so a refitted bank of another size swaps in without re-export.
+    stat_dims = [
+        {axis: torch.export.Dim(f"{name}_rows", min=1)}
+        if (axis := model.resizable_stats.get(name)) is not None
+        else None
+        for name in (stats if stats_mode == "sidecar" else {})
+    ]
+    dynamic = (image_dims, *stat_dims) if image_dims is not None or any(stat_dims) else None
     big = sum(value.nbytes for value in stats.values()) > EXTERNAL_DATA_BYTES
     with warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model.eval(), args, str(path), input_names=input_names, output_names=OUTPUT_NAMES,
-            opset_version=OPSET, dynamo=True, dynamic_shapes=dynamic, external_data=big, verbose=False,
+            model.eval(),
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=OUTPUT_NAMES,
+            opset_version=OPSET,
+            dynamo=True,
+            dynamic_shapes=dynamic,
+            external_data=big,
+            verbose=False,
         )
     onnx.checker.check_model(str(path))
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -101,7 +114,9 @@ def compress_fp16(path: Path) -> dict:
             continue
         half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "__fp16")
         converted.append(half)
-        nodes.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT, name=init.name + "__cast"))
+        nodes.append(
+            helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT, name=init.name + "__cast")
+        )
         graph.initializer.remove(init)
     graph.initializer.extend(converted)
     for node in reversed(nodes):
@@ -134,12 +149,21 @@ def quantize_backbone_int8(path: Path, calibration: np.ndarray, backbone_nodes: 
     path.rename(source)
     try:
         quantization.quantize_static(
-            str(source), str(path), Reader(), quant_format=quantization.QuantFormat.QDQ,
-            activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
-            nodes_to_quantize=backbone_nodes, per_channel=True,
+            str(source),
+            str(path),
+            Reader(),
+            quant_format=quantization.QuantFormat.QDQ,
+            activation_type=quantization.QuantType.QInt8,
+            weight_type=quantization.QuantType.QInt8,
+            nodes_to_quantize=backbone_nodes,
+            per_channel=True,
             calibrate_method=quantization.CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
         )
     finally:
         source.unlink(missing_ok=True)
-    return {"int8": "static QDQ, backbone only", "calibration_images": len(calibration), "quantized_nodes": len(backbone_nodes)}
+    return {
+        "int8": "static QDQ, backbone only",
+        "calibration_images": len(calibration),
+        "quantized_nodes": len(backbone_nodes),
+    }

@@ -48,16 +48,43 @@ TARGETS: dict[str, Target] = {
     target.name: target
     for target in (
         Target(
-            "onnx", "ONNX graph run by ONNX Runtime", ".onnx", "onnxruntime", PRECISIONS, STATS_MODES, True,
-            None, _missing("onnx", "train"), _MAP_TOL, _AUROC_TOL,
+            "onnx",
+            "ONNX graph run by ONNX Runtime",
+            ".onnx",
+            "onnxruntime",
+            PRECISIONS,
+            STATS_MODES,
+            True,
+            None,
+            _missing("onnx", "train"),
+            _MAP_TOL,
+            _AUROC_TOL,
         ),
         Target(
-            "openvino", "OpenVINO IR (xml + bin), precision hint recorded", ".xml", "openvino", PRECISIONS,
-            STATS_MODES, True, "openvino", _missing("openvino", "openvino"), _MAP_TOL, _AUROC_TOL,
+            "openvino",
+            "OpenVINO IR (xml + bin), precision hint recorded",
+            ".xml",
+            "openvino",
+            PRECISIONS,
+            STATS_MODES,
+            True,
+            "openvino",
+            _missing("openvino", "openvino"),
+            _MAP_TOL,
+            _AUROC_TOL,
         ),
         Target(
-            "trt", "TensorRT 10 engine (deferred: ONNX + build settings when TensorRT is absent)", ".engine",
-            "tensorrt", PRECISIONS, STATS_MODES, True, "tensorrt", lambda: None, _MAP_TOL, _AUROC_TOL,
+            "trt",
+            "TensorRT 10 engine (deferred: ONNX + build settings when TensorRT is absent)",
+            ".engine",
+            "tensorrt",
+            PRECISIONS,
+            STATS_MODES,
+            True,
+            "tensorrt",
+            lambda: None,
+            _MAP_TOL,
+            _AUROC_TOL,
             deferrable=True,
         ),
     )
@@ -75,9 +102,13 @@ def get_target(name: str) -> Target:
 def check_combination(target: Target, precision: str, stats: str) -> None:
     """Refuse unsupported precision / stats choices with one line naming the valid ones."""
     if precision not in target.precisions:
-        raise ConfigError(f"precision {precision!r} is not supported by {target.name}: use {', '.join(target.precisions)}")
+        raise ConfigError(
+            f"precision {precision!r} is not supported by {target.name}: use {', '.join(target.precisions)}"
+        )
     if stats not in target.stats_modes:
-        raise ConfigError(f"stats mode {stats!r} is not supported by {target.name}: use {', '.join(target.stats_modes)}")
+        raise ConfigError(
+            f"stats mode {stats!r} is not supported by {target.name}: use {', '.join(target.stats_modes)}"
+        )
     reason = target.unavailable()
     if reason:
         raise MissingExtraError(f"target {target.name} cannot be exported here: {reason}")

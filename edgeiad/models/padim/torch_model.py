@@ -34,6 +34,7 @@ class PadimModel(nn.Module):
     """
 
     stats_names = ("mean", "inv_covariance")
+    resizable_stats: dict[str, int] = {}  # one Gaussian per position: shapes are fixed by the input size
 
     def __init__(self, config: PadimConfig) -> None:
         super().__init__()

@@ -37,6 +37,7 @@ class PatchCoreModel(nn.Module):
     """
 
     stats_names = ("memory_bank",)
+    resizable_stats = {"memory_bank": 0}  # any number of bank rows works: sidecar banks may be refitted
 
     def __init__(self, config: PatchCoreConfig) -> None:
         super().__init__()
