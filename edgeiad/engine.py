@@ -71,7 +71,7 @@ def compute_metrics(scored: Scored) -> dict:
     return metrics
 
 
-def estimate_thresholds(test: Scored | None, train_scores: np.ndarray, metrics: dict) -> dict:
+def estimate_thresholds(test: Scored | None, train: Scored, metrics: dict) -> dict:
     """Image/pixel thresholds and the min-max normalisation stored with the run.
 
     With labelled test images: F1-max thresholds (anomalib's default). Without: mean + 3 std of the
@@ -86,10 +86,12 @@ def estimate_thresholds(test: Scored | None, train_scores: np.ndarray, metrics: 
         }
         scores, low, high = test.scores, test.map_min, test.map_max
     else:
+        train_scores = train.scores
         value = float(train_scores.mean() + 3.0 * train_scores.std())
         image = {"value": value, "method": "good_only_mean_3std"}
         pixel = {"value": value, "method": "good_only_mean_3std"}
-        scores, low, high = train_scores, float(train_scores.min()), float(train_scores.max()) * 1.5
+        # maps of good images only: keep the threshold inside the range so 0.5 still means "at threshold"
+        scores, low, high = train_scores, train.map_min, max(train.map_max, value)
     normalization = {
         "method": "minmax_threshold",
         "image_min": float(scores.min()),
@@ -205,8 +207,8 @@ def _evaluate_into(folder: Path, model, config, dataset: Dataset, device, progre
     """Score train (for good-only thresholds) and test images; write scores.csv and overlays."""
     preprocessing = config.preprocessing()
     desc = "scoring train images" if progress else None
-    train_scores = score_samples(model, dataset.train, preprocessing, device, progress=desc).scores
-    metrics: dict = {"train_score_mean": float(train_scores.mean()), "train_score_std": float(train_scores.std())}
+    train = score_samples(model, dataset.train, preprocessing, device, progress=desc)
+    metrics: dict = {"train_score_mean": float(train.scores.mean()), "train_score_std": float(train.scores.std())}
     test = None
     if dataset.test:
         desc = "scoring test images" if progress else None
@@ -221,7 +223,7 @@ def _evaluate_into(folder: Path, model, config, dataset: Dataset, device, progre
         metrics["overlays"] = write_overlays(folder / "overlays", model, dataset.test, test, preprocessing, device)
     else:
         log("no test images: metrics skipped, threshold estimated from good images only")
-    thresholds = estimate_thresholds(test if "image_auroc" in metrics else None, train_scores, metrics)
+    thresholds = estimate_thresholds(test if "image_auroc" in metrics else None, train, metrics)
     return {"metrics": metrics, "thresholds": thresholds}
 
 

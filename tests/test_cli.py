@@ -167,3 +167,18 @@ def test_readme_test_command_is_what_ci_runs():
     command = next(line for line in readme.splitlines() if "pytest" in line and "pip install" in line)
     assert command.strip().strip("`") in ci
     assert shutil.which("bash")
+
+
+def test_plain_folder_of_good_images_trains_with_good_only_thresholds(synthetic_mvtec, tmp_path, capsys):
+    pytest.importorskip("torch", reason="needs the [train] extra")
+    run = tmp_path / "run"
+    code, _, _ = run_cli(["train", "padim", "--data", synthetic_mvtec / "train/good", "--out", run, *SMALL], capsys)
+    assert code == 0
+    thresholds = json.loads((run / "thresholds.json").read_text())
+    assert thresholds["image"]["method"] == "good_only_mean_3std"
+    norm = thresholds["normalization"]
+    assert norm["pixel_min"] < norm["pixel_max"] and norm["image_min"] <= norm["image_max"]
+    assert not (run / "scores.csv").exists()
+    image = next((synthetic_mvtec / "test/blob").glob("*.png"))
+    code, out, _ = run_cli(["predict", run, image], capsys)
+    assert code == 0 and json.loads(out)["is_anomalous"] is True
