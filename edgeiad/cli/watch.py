@@ -1,0 +1,54 @@
+"""`edgeiad watch`: score a camera, stream, video or folder frame by frame with an exported artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import app
+
+
+@app.command()
+def watch(
+    artifact: Path = typer.Argument(..., help="artifact folder written by edgeiad export"),
+    source: str = typer.Option(
+        ..., "--source", help="camera index (0), video file, rtsp:// or http:// URL, image file or folder of images"
+    ),
+    jsonl: Path = typer.Option(
+        None, "--jsonl", help="append the per-frame JSON lines to FILE (default: stdout; events also go to stdout)"
+    ),
+    save_anomalies: Path = typer.Option(
+        None, "--save-anomalies", help="folder for each anomalous frame + its heat-map overlay (PNG)"
+    ),
+    overlay_video: Path = typer.Option(None, "--overlay-video", help="mp4 (mp4v) of the anomalous frames' overlays"),
+    backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | openvino | tensorrt"),
+    device: str = typer.Option(None, "--device", help="backend device: CPU / GPU (OpenVINO), cuda:N (TensorRT)"),
+    threads: int = typer.Option(None, "--threads", help="inference threads (0 or omitted: the backend's default)"),
+    max_frames: int = typer.Option(None, "--max-frames", help="stop after scoring N frames"),
+    color_order: str = typer.Option("BGR", "--color-order", help="channel order of the frames: BGR (OpenCV) or RGB"),
+    realtime: bool = typer.Option(
+        False, "--realtime", help="play a file/folder at its frame rate and drop frames like a camera (default: all)"
+    ),
+    loop: bool = typer.Option(False, "--loop", help="file/folder: start again at the end (soak tests, demos)"),
+) -> None:
+    """Score every frame of a live source (newest frame first, reconnecting) or a file/folder (every frame).
+
+    One JSON line per scored frame, `reconnect` events and a final `summary` line; Ctrl-C or SIGTERM: exit 0.
+    """
+    from ..watch import watch as run_watch
+
+    run_watch(
+        artifact,
+        source,
+        jsonl=jsonl,
+        save_anomalies=save_anomalies,
+        overlay_video=overlay_video,
+        backend=backend,
+        device=device,
+        threads=threads,
+        max_frames=max_frames,
+        color_order=color_order,
+        realtime=realtime,
+        loop=loop,
+    )
