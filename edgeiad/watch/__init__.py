@@ -1,0 +1,287 @@
+"""`edgeiad watch`: score a camera, stream, video file or folder of images frame by frame, without torch.
+
+Only numpy, OpenCV and `edgeiad_runtime` are imported here, so the loop runs on a runtime-only install.
+
+Two threads share one frame slot:
+
+- the reader thread grabs frames from the source and hands each one to the slot;
+- the inference loop (the calling thread) takes the frame in the slot, scores it and writes a JSON line.
+
+Live sources (camera index, rtsp:// / http:// URLs) use latest-frame semantics: the slot holds only the
+newest frame, a frame the loop did not take in time is replaced and counted as dropped, and no backlog
+ever builds up. Finite sources (video files, folders of images) are processed fully by default: the
+reader waits until the loop took the previous frame. `realtime=True` (`--realtime`) plays a finite source
+at its own frame rate with live semantics instead, to see what a camera of that rate would drop.
+
+A live source that fails to open or stops delivering frames is reopened with exponential backoff
+(0.5 s doubling to 30 s, reset by the next good frame); every attempt is a `reconnect` JSON event.
+A finite source that ends stops the loop cleanly. SIGINT/SIGTERM set a stop event: the reader thread is
+joined, files are flushed and closed, a `summary` JSON line is written, and the command exits 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from time import perf_counter
+
+from edgeiad_runtime.errors import ConfigError, DataError
+
+from .outputs import Evidence, JsonlSink, MapScaler, _Reservoir, heat_overlay
+from .reader import Backoff, Frame, FrameReader, FrameSlot
+from .sources import (
+    COLOR_ORDERS,
+    DEFAULT_VIDEO_FPS,
+    JOIN_TIMEOUT_S,
+    CaptureSource,
+    FolderSource,
+    FrameSource,
+    ImageFileSource,
+    SourceUnavailable,
+    _now_iso,
+    open_source,
+)
+
+
+class Watcher:
+    """Runs a detector over a FrameSource until it ends, `max_frames` are scored, or `stop` is set."""
+
+    def __init__(
+        self,
+        detector,
+        source: FrameSource,
+        sink: JsonlSink | None = None,
+        evidence: Evidence | None = None,
+        max_frames: int | None = None,
+        color_order: str = "BGR",
+        realtime: bool = False,
+        backoff: Backoff | None = None,
+        stop: threading.Event | None = None,
+        join_timeout: float = JOIN_TIMEOUT_S,
+    ) -> None:
+        self.color_order = check_color_order(color_order)
+        if max_frames is not None and max_frames < 1:
+            raise ConfigError(f"--max-frames is {max_frames}: pass 1 or more, or leave it out to run until stopped")
+        self.detector, self.source = detector, source
+        self.sink = sink or JsonlSink()
+        self.evidence = evidence
+        self.max_frames = max_frames
+        self.realtime = realtime
+        self.backoff = backoff or Backoff()
+        self.stop = stop or threading.Event()
+        self.join_timeout = join_timeout
+        self.slot = FrameSlot(keep_latest=source.live or realtime)
+        self.reader: FrameReader | None = None
+        self.stopped_by: str | None = None
+        if isinstance(source, FolderSource) and source.on_event is None:
+            source.on_event = self.sink.event
+
+    # signals -------------------------------------------------------------------------------------------
+    def _install_signals(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, _frame) -> None:
+            if self.stop.is_set() and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for the reader
+            self.stopped_by = self.stopped_by or signal.Signals(signum).name
+            self.stop.set()
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    # run -----------------------------------------------------------------------------------------------
+    def run(self, install_signals: bool = True) -> dict:
+        """Score frames until the end; returns (and writes) the summary line."""
+        opened = False
+        if not self.source.live:
+            self.source.open()  # a finite source that cannot open is an error now, not a reconnect loop
+            opened = True
+        previous = self._install_signals() if install_signals else {}
+        frames = anomalous = 0
+        latencies = _Reservoir()
+        started = perf_counter()
+        try:
+            if self.evidence is not None and self.evidence.video_fps == DEFAULT_VIDEO_FPS and self.source.fps:
+                self.evidence.video_fps = self.source.fps
+            pace = (self.source.fps or DEFAULT_VIDEO_FPS) if self.realtime and not self.source.live else None
+            self.reader = FrameReader(
+                self.source, self.slot, self.stop, self.sink.event, self.backoff, opened=opened, pace_fps=pace
+            )
+            self.reader.start()
+            started = perf_counter()
+            while not self.stop.is_set():
+                item = self.slot.get(0.1)
+                if item is None:
+                    continue
+                if item is FrameSlot.END:
+                    ended = "stop" if self.stop.is_set() else "error" if self.reader.error else "end"
+                    self.stopped_by = self.stopped_by or ended
+                    break
+                begin = perf_counter()
+                try:
+                    result = self.detector.predict(item.image, color_order=self.color_order)
+                except DataError as exc:  # one bad frame (wrong shape, NaN) must not stop a camera
+                    self.sink.event({"event": "frame_error", "frame": item.index, "error": str(exc)})
+                    continue
+                done = perf_counter()
+                frames += 1
+                latency = (done - begin) * 1000.0
+                latencies.add(latency)
+                flagged = bool(result.is_anomalous)
+                anomalous += flagged
+                line = {
+                    "frame": item.index,
+                    "time": _now_iso(item.captured),
+                    "score": None if result.score is None else round(float(result.score), 6),
+                    "raw_score": float(result.raw_score),
+                    "is_anomalous": result.is_anomalous,
+                    "latency_ms": round(latency, 3),
+                    "age_ms": round((done - item.captured_at) * 1000.0, 3),
+                    "fps": round(frames / max(done - started, 1e-9), 3),
+                    "source": self.source.name,
+                }
+                if item.label is not None:
+                    line["path"] = item.label
+                self.sink.write(line)
+                if flagged and self.evidence is not None and self.evidence.active:
+                    self.evidence.record(item, result)
+                if self.max_frames is not None and frames >= self.max_frames:
+                    self.stopped_by = self.stopped_by or "max_frames"
+                    break
+            else:
+                self.stopped_by = self.stopped_by or "stop"
+        finally:
+            self.stop.set()
+            self._shutdown()
+            elapsed = perf_counter() - started
+            summary = {
+                "event": "summary",
+                "frames": frames,
+                "anomalous": anomalous,
+                "dropped": self.slot.dropped,
+                "reconnects": self.reader.reconnects if self.reader is not None else 0,
+                "fps": round(frames / elapsed, 3) if elapsed > 0 and frames else 0.0,
+                "latency_ms_p50": latencies.percentile(50),
+                "latency_ms_p95": latencies.percentile(95),
+                "read": self.reader.read_count if self.reader is not None else 0,
+                "stopped_by": self.stopped_by or "error",
+                "source": self.source.name,
+                "time": _now_iso(),
+            }
+            if self.reader is not None and self.reader.error:
+                summary["source_error"] = self.reader.error
+            if self.evidence is not None and self.evidence.active:
+                summary["evidence_saved"] = self.evidence.saved
+                summary["overlay_video_frames"] = self.evidence.video_frames
+            self.summary = summary
+            try:
+                self.sink.event(summary)
+            finally:
+                self.sink.close()
+                self._restore_signals(previous)
+        return summary
+
+    def _shutdown(self) -> None:
+        reader = self.reader
+        if reader is not None and reader.is_alive():
+            reader.join(self.join_timeout)
+            if reader.is_alive():
+                self.sink.event(
+                    {
+                        "event": "warning",
+                        "message": f"reader still blocked in read() after {self.join_timeout:g} s: not waiting",
+                        "time": _now_iso(),
+                    }
+                )
+        elif reader is None:
+            try:
+                self.source.close()
+            except Exception:
+                pass
+        if self.evidence is not None:
+            self.evidence.close()
+
+
+def check_color_order(color_order: str) -> str:
+    order = str(color_order).upper()
+    if order not in COLOR_ORDERS:
+        raise ConfigError(f"--color-order {color_order!r}: use BGR (OpenCV cameras and files) or RGB")
+    return order
+
+
+def watch(
+    artifact: str | Path,
+    source: str | FrameSource,
+    jsonl: str | Path | None = None,
+    save_anomalies: str | Path | None = None,
+    overlay_video: str | Path | None = None,
+    backend: str = "auto",
+    device: str | None = None,
+    threads: int | None = None,
+    max_frames: int | None = None,
+    color_order: str = "BGR",
+    realtime: bool = False,
+    loop: bool = False,
+    backoff: Backoff | None = None,
+    stop: threading.Event | None = None,
+    install_signals: bool = True,
+) -> dict:
+    """Load `artifact`, score `source` until it ends or a signal arrives; return the summary dict."""
+    from edgeiad_runtime import Detector
+
+    order = check_color_order(color_order)
+    if threads is not None and threads < 0:
+        raise ConfigError(f"--threads is {threads}: pass 1 or more (0 or nothing: the backend's default)")
+    if max_frames is not None and max_frames < 1:
+        raise ConfigError(f"--max-frames is {max_frames}: pass 1 or more, or leave it out to run until stopped")
+    frame_source = source if isinstance(source, FrameSource) else open_source(source, loop=loop)
+    detector = Detector.load(artifact, backend=backend, device=device, threads=threads or None)
+    sink = None
+    try:
+        evidence = Evidence(save_anomalies, overlay_video, MapScaler(detector.manifest), order)
+        sink = JsonlSink(jsonl)
+        return Watcher(
+            detector,
+            frame_source,
+            sink=sink,
+            evidence=evidence,
+            max_frames=max_frames,
+            color_order=order,
+            realtime=realtime,
+            backoff=backoff,
+            stop=stop,
+        ).run(install_signals=install_signals)
+    finally:
+        if sink is not None:
+            sink.close()  # already closed after a run; needed when setting up the run failed
+        detector.close()
+
+
+__all__ = [
+    "COLOR_ORDERS",
+    "Backoff",
+    "CaptureSource",
+    "Evidence",
+    "FolderSource",
+    "Frame",
+    "FrameReader",
+    "FrameSlot",
+    "FrameSource",
+    "ImageFileSource",
+    "JsonlSink",
+    "MapScaler",
+    "SourceUnavailable",
+    "Watcher",
+    "heat_overlay",
+    "open_source",
+    "watch",
+]
