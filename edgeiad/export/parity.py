@@ -90,9 +90,10 @@ def _auroc_parity(detector, dataset: Dataset, eager_scores) -> dict:
 def _enforce(report: dict, target: Target, precision: str) -> None:
     limit = target.map_tolerance[precision]
     if report["max_rel_map_error"] > limit:
+        auroc = f", image AUROC {report['exported_image_auroc']:.4f}" if "exported_image_auroc" in report else ""
         raise ArtifactError(
             f"parity check failed: exported {target.name}/{precision} map differs from eager by "
-            f"{report['max_rel_map_error']:.3g} of the map range (limit {limit:g}); nothing was written. "
+            f"{report['max_rel_map_error']:.3g} of the map range (limit {limit:g}{auroc}); nothing was written. "
             "Try another precision or report this model/target combination"
         )
     drop, allowed = report.get("auroc_drop", 0.0), target.auroc_tolerance[precision]

@@ -41,7 +41,10 @@ class Target:
     deferrable: bool = False  # may be written without its toolchain and built later on the device
 
 
-_MAP_TOL = {"fp32": 1e-3, "fp16": 3e-2, "int8": 0.25}
+# fp32 must match eager to float noise. Reduced precisions move the map's scale (measured on ELPV PaDiM:
+# OpenVINO f16 6.7 %, backbone INT8 40 % of the range) while the ranking holds, so for them the AUROC
+# drop on the run's test set is the gate that matters and the map limit only catches broken graphs.
+_MAP_TOL = {"fp32": 1e-3, "fp16": 0.15, "int8": 0.6}
 _AUROC_TOL = {"fp32": 0.005, "fp16": 0.01, "int8": 0.03}
 
 TARGETS: dict[str, Target] = {
