@@ -214,8 +214,8 @@ def _manifest(record, model, spec: Target, precision, stats, stats_dtype, batch,
         "thresholds": {
             "image": thresholds["image"]["value"],
             "pixel": thresholds["pixel"]["value"],
-            # Calibrated on the eager fp32 model: reduced precisions shift raw scores (see parity), so
-            # `edgeiad threshold ARTIFACT` re-fits them on the exported model where that matters.
+            # Calibrated on the eager fp32 model: reduced precisions shift raw scores (the parity block
+            # records by how much); re-fitting them on the exported model is the thresholds issue's work.
             "method": f"image: {thresholds['image']['method']}, pixel: {thresholds['pixel']['method']}, "
             "calibrated on eager fp32",
         },
