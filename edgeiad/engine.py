@@ -112,10 +112,10 @@ def write_scores_csv(path: Path, samples, scores) -> None:
 
 def overlay(rgb: np.ndarray, anomaly_map: np.ndarray, low: float, high: float) -> np.ndarray:
     """Heat map (JET, min-max scaled to the run's range) blended over the image, as BGR for cv2.imwrite."""
+    from edgeiad_runtime.postprocess import heat_overlay
+
     scaled = np.clip((anomaly_map - low) / max(high - low, 1e-12), 0, 1)
-    heat = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    heat = cv2.resize(heat, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return cv2.addWeighted(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), 0.5, heat, 0.5, 0)
+    return heat_overlay(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), scaled)
 
 
 def write_overlays(folder: Path, model, samples, scored: Scored, preprocessing, device) -> list[str]:

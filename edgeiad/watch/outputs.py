@@ -14,6 +14,7 @@ from typing import IO
 import cv2
 import numpy as np
 from edgeiad_runtime.errors import ConfigError, DataError
+from edgeiad_runtime.postprocess import heat_overlay
 from edgeiad_runtime.preprocess import to_rgb_uint8
 
 from .reader import Frame
@@ -88,14 +89,6 @@ class MapScaler:
         raw = np.asarray(result.raw_map, dtype=np.float32)
         low, high = self.range if self.range is not None else (float(raw.min()), float(raw.max()))
         return np.clip((raw - low) / max(high - low, 1e-12), 0.0, 1.0)
-
-
-def heat_overlay(bgr: np.ndarray, unit_map: np.ndarray) -> np.ndarray:
-    """JET colour map of a 0..1 map blended 50/50 over a BGR frame of the same size."""
-    heat = cv2.applyColorMap(np.rint(unit_map * 255.0).astype(np.uint8), cv2.COLORMAP_JET)
-    if heat.shape[:2] != bgr.shape[:2]:
-        heat = cv2.resize(heat, (bgr.shape[1], bgr.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return cv2.addWeighted(bgr, 0.5, heat, 0.5, 0)
 
 
 class Evidence:

@@ -83,3 +83,11 @@ def float32_at_least(value: float) -> np.float32:
     if float(rounded) < value:
         rounded = np.nextafter(rounded, np.float32(np.inf))
     return rounded
+
+
+def heat_overlay(bgr: np.ndarray, unit_map: np.ndarray) -> np.ndarray:
+    """JET colour map of a 0..1 map blended 50/50 over a BGR frame (the map is resized to the frame)."""
+    heat = cv2.applyColorMap(np.rint(np.clip(unit_map, 0.0, 1.0) * 255.0).astype(np.uint8), cv2.COLORMAP_JET)
+    if heat.shape[:2] != bgr.shape[:2]:
+        heat = cv2.resize(heat, (bgr.shape[1], bgr.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return cv2.addWeighted(bgr, 0.5, heat, 0.5, 0)
