@@ -14,7 +14,7 @@ from .data import Dataset, check_min_images, iter_batches, load_dataset, load_ma
 from .errors import require_torch
 from .models import get_model
 from .progress import progress_callback
-from .runs import StagingDir, load_model, new_run_dir, read_json, save_model, versions, write_json
+from .runs import StagingDir, load_model, new_run_dir, read_json, run_data_spec, save_model, versions, write_json
 
 OVERLAYS_PER_GROUP = 3
 
@@ -238,7 +238,7 @@ def evaluate_run(run: Path, data: str | Path | None = None, device: str | None =
 
     record, model = load_model(Path(run))
     device = resolve_device(device)
-    dataset = load_dataset(data if data is not None else _run_data_spec(record))
+    dataset = load_dataset(data if data is not None else run_data_spec(record))
     if not dataset.test:
         from .errors import DataError
 
@@ -247,11 +247,6 @@ def evaluate_run(run: Path, data: str | Path | None = None, device: str | None =
     desc = "scoring test images" if progress else None
     test = score_samples(model, dataset.test, config.preprocessing(), device, dataset.has_masks, progress=desc)
     return compute_metrics(test)
-
-
-def _run_data_spec(record: dict) -> str:
-    data = record.get("data", {})
-    return data.get("root") or data.get("name")
 
 
 def run_thresholds(run: Path) -> dict:

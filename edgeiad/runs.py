@@ -83,6 +83,12 @@ def read_json(path: Path) -> dict:
         raise ArtifactError(f"{path} is not valid JSON ({exc}): re-create it with edgeiad train") from None
 
 
+def run_data_spec(record: dict) -> str:
+    """The dataset a run was fitted on (its folder, or a built-in name), as `load_dataset` takes it."""
+    data = record.get("data", {})
+    return data.get("root") or data.get("name")
+
+
 def check_run(run: Path) -> Path:
     """Fail with one line unless `run` is a complete run folder."""
     run = Path(run)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..data import iter_batches, load_dataset
 from ..errors import ConfigError, DataError
-from ..runs import StagingDir, load_model, read_json, versions
+from ..runs import StagingDir, load_model, read_json, run_data_spec, versions
 from .targets import TARGETS, Target, check_combination, get_target
 
 __all__ = ["TARGETS", "export_run", "parse_batch"]
@@ -54,20 +54,18 @@ def export_run(
     record, model = load_model(Path(run))
     out = Path(out) if out else Path("artifacts") / f"{model.config.model}-{spec.name}-{precision}-{stats}"
     _check_out(out, force)
-    dataset = load_dataset(data or record["data"].get("root") or record["data"]["name"])
+    dataset = load_dataset(data or run_data_spec(record))
     started = time.perf_counter()
     staging_target = out.with_name(out.name + ".partial") if out.exists() else out
     with StagingDir(staging_target) as staging:
         facts = _write_model_files(staging, spec, model, precision, stats, stats_dtype, batch_info, dataset, echo)
         manifest = _manifest(record, model, spec, precision, stats, stats_dtype, batch_info, facts, Path(run))
-        _write(staging, manifest)
-        if not facts.get("deferred_engine_only"):
-            echo("checking parity against eager PyTorch")
-            from .parity import check_parity
+        _write(staging, manifest)  # the runtime verifies it when the parity check loads the artifact
+        echo("checking parity against eager PyTorch")
+        from .parity import check_parity
 
-            _record, reference = load_model(Path(run))  # untouched fp32 model: the reference
-            manifest["parity"] = check_parity(staging, reference, dataset, spec, precision, _eager_scores(Path(run)))
-            _write(staging, manifest)
+        _record, reference = load_model(Path(run))  # untouched fp32 model: the reference
+        manifest["parity"] = check_parity(staging, reference, dataset, spec, precision, _eager_scores(Path(run)))
         manifest["export_seconds"] = round(time.perf_counter() - started, 2)
         _write(staging, manifest)
     if staging_target != out:
