@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ def versions() -> dict:
 
     found = {"edgeiad": __version__, "python": platform.python_version(), "numpy": numpy.__version__}
     for name in ("torch", "onnx", "onnxruntime", "openvino"):
-        module = __import__("sys").modules.get(name)
+        module = sys.modules.get(name)
         if module is not None:
             found[name] = getattr(module, "__version__", "unknown")
     return found
