@@ -72,14 +72,14 @@ class JsonlSink:
 
 
 class MapScaler:
-    """Brings an anomaly map to 0..1 for display: the artifact's normalised map (0.5 = pixel threshold)
+    """Brings an anomaly map to 0..1 for display: the artifact's normalised map (0.5 = pixel threshold if centred)
     when it has one, else the raw map scaled by the calibration range, else by the frame's own range."""
 
     def __init__(self, manifest: dict | None) -> None:
         manifest = manifest or {}
         thresholds = manifest.get("thresholds") or {}
         norm = manifest.get("normalization") or {}
-        self.normalised = thresholds.get("pixel") is not None and norm.get("method") == "minmax_threshold"
+        self.normalised = thresholds.get("pixel") is not None and norm.get("method") in ("minmax_threshold", "minmax")
         low, high = norm.get("pixel_min"), norm.get("pixel_max")
         self.range = (float(low), float(high)) if low is not None and high is not None and high > low else None
 

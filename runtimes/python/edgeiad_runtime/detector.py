@@ -160,6 +160,18 @@ class Detector:
         maps, scores, infer_ms = self._infer(backend, np.stack(tensors))
         return [self._result(maps[i], float(scores[i]), sizes[i], pre_ms[i], infer_ms[i]) for i in range(len(images))]
 
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw outputs for an already preprocessed Nx3xHxW float32 batch: (NxHxW maps at model size, N scores)."""
+        batch = np.asarray(batch)
+        expected = (3, *self.input_size)
+        if batch.ndim != 4 or batch.shape[1:] != expected or batch.dtype != np.float32:
+            want = "x".join(map(str, expected))
+            raise DataError(f"batch is {batch.dtype} {batch.shape}: pass a preprocessed float32 Nx{want} array")
+        if len(batch) == 0:
+            return np.zeros((0, *expected[1:]), np.float32), np.zeros(0, np.float32)
+        maps, scores, _ = self._infer(self._live(), np.ascontiguousarray(batch))
+        return maps, scores
+
     def _color_order(self, color_order: str | None) -> str:
         order = self.default_color_order if color_order is None else color_order
         if not isinstance(order, str) or order.upper() not in COLOR_ORDERS:

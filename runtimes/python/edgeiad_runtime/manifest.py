@@ -28,7 +28,7 @@ PRECISION_HINTS = ("f32", "f16", "bf16")
 BATCH_MODES = ("static", "dynamic")
 STATS_MODES = ("baked", "sidecar")
 STATS_DTYPES = ("fp32", "fp16")
-NORMALIZATION_METHODS = ("minmax_threshold", "none")
+NORMALIZATION_METHODS = ("minmax_threshold", "minmax", "none")
 DYNAMIC_BATCH = "batch"
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_map", "pred_score")
@@ -229,7 +229,7 @@ def _validate_scores(manifest: dict) -> None:
     method = _get(
         norm, "method", "normalization.method", _one_of(NORMALIZATION_METHODS), str(list(NORMALIZATION_METHODS))
     )
-    check = _is_number if method == "minmax_threshold" else _optional(_is_number)
+    check = _optional(_is_number) if method == "none" else _is_number
     for level in ("image", "pixel"):
         low = _get(norm, f"{level}_min", f"normalization.{level}_min", check, "a finite number")
         high = _get(norm, f"{level}_max", f"normalization.{level}_max", check, "a finite number")

@@ -35,6 +35,7 @@ class ScoreSpec:
     image_threshold: float | None
     pixel_threshold: float | None
     normalize: bool
+    centred: bool = True  # minmax_threshold: the threshold lands on 0.5; minmax: plain (x - min) / (max - min)
     image_min: float | None = None
     image_max: float | None = None
     pixel_min: float | None = None
@@ -47,7 +48,8 @@ class ScoreSpec:
         return cls(
             image_threshold=thresholds["image"],
             pixel_threshold=thresholds["pixel"],
-            normalize=norm["method"] == "minmax_threshold",
+            normalize=norm["method"] != "none",
+            centred=norm["method"] == "minmax_threshold",
             image_min=norm.get("image_min"),
             image_max=norm.get("image_max"),
             pixel_min=norm.get("pixel_min"),
@@ -55,10 +57,15 @@ class ScoreSpec:
         )
 
     def score(self, raw: float) -> float | None:
-        """Normalised image score (0.5 = threshold), or None without an image threshold or normalisation."""
+        """Normalised image score (0.5 = threshold when centred), or None without a threshold or normalisation."""
         if self.image_threshold is None or not self.normalize:
             return None
-        return normalize(raw, self.image_threshold, self.image_min, self.image_max)
+        centre = self._centre(self.image_threshold, self.image_min, self.image_max)
+        return normalize(raw, centre, self.image_min, self.image_max)
+
+    def _centre(self, threshold: float, low: float, high: float) -> float:
+        # normalize() puts its `threshold` on 0.5; plain min-max is the same formula centred on the midpoint.
+        return threshold if self.centred else (low + high) / 2.0
 
     def is_anomalous(self, raw: float) -> bool | None:
         """Decide on the raw score so the label never depends on rounding in the normalisation."""
@@ -68,7 +75,8 @@ class ScoreSpec:
         """Normalised map when a pixel threshold and normalisation exist, else the raw map itself."""
         if self.pixel_threshold is None or not self.normalize:
             return raw_map
-        return normalize(raw_map, self.pixel_threshold, self.pixel_min, self.pixel_max)
+        centre = self._centre(self.pixel_threshold, self.pixel_min, self.pixel_max)
+        return normalize(raw_map, centre, self.pixel_min, self.pixel_max)
 
     def mask(self, raw_map: np.ndarray) -> np.ndarray | None:
         """Boolean defect mask from the raw pixel threshold, or None without one."""
