@@ -35,18 +35,27 @@ class Scored:
 def score_samples(model, samples, preprocessing, device="cpu", with_masks=False, progress=None, batch_size=16):
     """Score samples with the eager model (bounded memory); keep maps only when masks are wanted."""
     torch = require_torch()
+    model = model.to(device)
+
+    def infer(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        anomaly_map, pred_score = model.infer(torch.from_numpy(batch).to(device))
+        return anomaly_map[:, 0].float().cpu().numpy(), pred_score.float().cpu().numpy()
+
+    return score_with(infer, samples, preprocessing, with_masks, progress, batch_size)
+
+
+def score_with(infer, samples, preprocessing, with_masks=False, progress=None, batch_size=16) -> Scored:
+    """Score samples with `infer(NCHW batch) -> (NxHxW maps, N scores)`: an eager model or an exported one."""
     scored = Scored(np.zeros(0), np.array([s.label for s in samples]), [s.defect_type for s in samples])
     scores = []
-    model = model.to(device)
     for batch, chunk in iter_batches(samples, preprocessing, batch_size, progress=progress):
-        anomaly_map, pred_score = model.infer(torch.from_numpy(batch).to(device))
-        maps = anomaly_map[:, 0].float().cpu().numpy()
-        scores.append(pred_score.float().cpu().numpy())
+        maps, batch_scores = infer(batch)
+        scores.append(np.asarray(batch_scores, dtype=np.float32).reshape(len(chunk)))
         scored.map_min = min(scored.map_min, float(maps.min()))
         scored.map_max = max(scored.map_max, float(maps.max()))
         if with_masks:
             for sample, anomaly in zip(chunk, maps):
-                scored.maps.append(anomaly)
+                scored.maps.append(np.ascontiguousarray(anomaly, dtype=np.float32))
                 scored.masks.append(_mask_at(sample, anomaly.shape))
     scored.scores = np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
     return scored
@@ -71,43 +80,14 @@ def compute_metrics(scored: Scored) -> dict:
     return metrics
 
 
-def estimate_thresholds(test: Scored | None, train: Scored, metrics: dict) -> dict:
-    """Image/pixel thresholds and the min-max normalisation stored with the run.
-
-    With labelled test images: F1-max thresholds (anomalib's default). Without: mean + 3 std of the
-    training scores, the only good-only estimate available before a validation split exists.
-    """
-    if test is not None and metrics:
-        image = {"value": float(metrics["image_f1_threshold"]), "method": "f1_max_on_test"}
-        pixel_value = metrics.get("pixel_f1_threshold", image["value"])
-        pixel = {
-            "value": float(pixel_value),
-            "method": "f1_max_on_test" if "pixel_f1_threshold" in metrics else "image",
-        }
-        scores, low, high = test.scores, test.map_min, test.map_max
-    else:
-        train_scores = train.scores
-        value = float(train_scores.mean() + 3.0 * train_scores.std())
-        image = {"value": value, "method": "good_only_mean_3std"}
-        pixel = {"value": value, "method": "good_only_mean_3std"}
-        # maps of good images only: keep the threshold inside the range so 0.5 still means "at threshold"
-        scores, low, high = train_scores, train.map_min, max(train.map_max, value)
-    normalization = {
-        "method": "minmax_threshold",
-        "image_min": float(scores.min()),
-        "image_max": float(scores.max()),
-        "pixel_min": float(low),
-        "pixel_max": float(high),
-    }
-    return {"image": image, "pixel": pixel, "normalization": normalization}
-
-
-def write_scores_csv(path: Path, samples, scores) -> None:
+def write_scores_csv(path: Path, samples, scores, validation: set[str] = frozenset()) -> None:
+    """One row per test image; `split` says whether thresholds were fitted on it (validation) or not (test)."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "label", "defect_type", "score"])
+        writer.writerow(["path", "label", "defect_type", "score", "split"])
         for sample, score in zip(samples, scores):
-            writer.writerow([sample.path, sample.label, sample.defect_type, f"{float(score):.6g}"])
+            split = "validation" if sample.path in validation else "test"
+            writer.writerow([sample.path, sample.label, sample.defect_type, f"{float(score):.6g}", split])
 
 
 def overlay(rgb: np.ndarray, anomaly_map: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -158,6 +138,7 @@ def train(
     overrides: dict | None = None,
     progress: bool = True,
     echo=None,
+    threshold_options: dict | None = None,
 ) -> Path:
     """Fit `model_name` on the good images of `data`, evaluate on its test split, write a run folder."""
     from .models._fitting import resolve_device, seed_everything
@@ -180,7 +161,7 @@ def train(
     log(f"fit done in {fit_info['fit_s']:.1f} s: {fit_info}")
     with StagingDir(target) as staging:
         save_model(model, staging)
-        results = _evaluate_into(staging, model, config, dataset, device, progress, log)
+        results = _evaluate_into(staging, model, config, dataset, device, progress, log, threshold_options)
         write_json(staging / "config.json", _config_record(config, dataset, device, fit_info))
         write_json(staging / "metrics.json", results["metrics"])
         write_json(staging / "thresholds.json", results["thresholds"])
@@ -203,28 +184,45 @@ def _config_record(config, dataset: Dataset, device: str, fit_info: dict) -> dic
     }
 
 
-def _evaluate_into(folder: Path, model, config, dataset: Dataset, device, progress, log) -> dict:
-    """Score train (for good-only thresholds) and test images; write scores.csv and overlays."""
+def _evaluate_into(folder: Path, model, config, dataset: Dataset, device, progress, log, threshold_options) -> dict:
+    """Score train and test images, fit thresholds on a validation split, write scores, reports and overlays."""
+    from .thresholding import load_categories, study, write_reports
+
     preprocessing = config.preprocessing()
     desc = "scoring train images" if progress else None
     train = score_samples(model, dataset.train, preprocessing, device, progress=desc)
-    metrics: dict = {"train_score_mean": float(train.scores.mean()), "train_score_std": float(train.scores.std())}
-    test = None
-    if dataset.test:
-        desc = "scoring test images" if progress else None
-        test = score_samples(model, dataset.test, preprocessing, device, with_masks=dataset.has_masks, progress=desc)
-        labels = set(test.labels.tolist())
-        if labels == {0, 1}:
-            metrics.update(compute_metrics(test))
-            log(_metrics_line(metrics))
-        else:
-            log("test set has only one class: threshold-free metrics need good and anomalous images")
-        write_scores_csv(folder / "scores.csv", dataset.test, test.scores)
-        metrics["overlays"] = write_overlays(folder / "overlays", model, dataset.test, test, preprocessing, device)
-    else:
+    desc = "scoring test images" if progress else None
+    test = score_samples(model, dataset.test, preprocessing, device, with_masks=dataset.has_masks, progress=desc)
+    if not dataset.test:
         log("no test images: metrics skipped, threshold estimated from good images only")
-    thresholds = estimate_thresholds(test if "image_auroc" in metrics else None, train, metrics)
-    return {"metrics": metrics, "thresholds": thresholds}
+    paths = [sample.path for sample in dataset.test]
+    options = dict(threshold_options or {})
+    options["categories"] = load_categories(options.get("categories"), paths, dataset.root)
+    result = study(test, paths, train_scores=train.scores, seed=config.seed, **options)
+    metrics: dict = {"train_score_mean": float(train.scores.mean()), "train_score_std": float(train.scores.std())}
+    metrics.update(result["threshold_free"])
+    metrics["inference"] = _chosen_inference(result)
+    metrics["split"] = {k: result["split"][k] for k in ("validation", "test")}
+    for note in result["notes"]:
+        log(note)
+    if result["threshold_free"]:
+        log(_metrics_line(metrics))
+    elif dataset.test:
+        log("test images hold one class only: threshold-free metrics need good and anomalous images")
+    if dataset.test:
+        write_scores_csv(folder / "scores.csv", dataset.test, test.scores, set(result["split"]["validation_paths"]))
+        metrics["overlays"] = write_overlays(folder / "overlays", model, dataset.test, test, preprocessing, device)
+    write_reports(folder, result, f"{config.model} on {dataset.name}")
+    return {"metrics": metrics, "thresholds": result}
+
+
+def _chosen_inference(result: dict) -> dict:
+    """Inference metrics of the chosen image/pixel thresholds on the test images."""
+    chosen = {"image": result["ablation"]["image"][result["image"]["method"]]["test"]}
+    pixel = result["ablation"]["pixel"].get(result["pixel"]["method"])
+    if pixel is not None:
+        chosen["pixel"] = pixel["test"]
+    return chosen
 
 
 def _metrics_line(metrics: dict) -> str:
@@ -258,16 +256,8 @@ def score_spec(thresholds: dict):
     """The runtime's ScoreSpec from a run's thresholds.json, so toolkit and runtime label alike."""
     from edgeiad_runtime.postprocess import ScoreSpec
 
-    norm = thresholds["normalization"]
-    return ScoreSpec(
-        image_threshold=thresholds["image"]["value"],
-        pixel_threshold=thresholds["pixel"]["value"],
-        normalize=norm["method"] == "minmax_threshold",
-        image_min=norm["image_min"],
-        image_max=norm["image_max"],
-        pixel_min=norm["pixel_min"],
-        pixel_max=norm["pixel_max"],
-    )
+    values = {"image": thresholds["image"]["value"], "pixel": thresholds["pixel"]["value"]}
+    return ScoreSpec.from_manifest({"thresholds": values, "normalization": thresholds["normalization"]})
 
 
 def predict_images(run: Path, images: list[Path], save_maps: Path | None = None, device: str | None = None):

@@ -66,7 +66,12 @@ class StagingDir:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Write JSON atomically (temporary file + rename): a crash never leaves a half-written file."""
+    path = Path(path)
+    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def _json_default(value):

@@ -175,7 +175,8 @@ def test_plain_folder_of_good_images_trains_with_good_only_thresholds(synthetic_
     code, _, _ = run_cli(["train", "padim", "--data", synthetic_mvtec / "train/good", "--out", run, *SMALL], capsys)
     assert code == 0
     thresholds = json.loads((run / "thresholds.json").read_text())
-    assert thresholds["image"]["method"] == "good_only_mean_3std"
+    assert thresholds["image"]["method"] == "good-only"
+    assert any("in-sample" in note for note in thresholds["notes"])
     norm = thresholds["normalization"]
     assert norm["pixel_min"] < norm["pixel_max"] and norm["image_min"] <= norm["image_max"]
     assert not (run / "scores.csv").exists()

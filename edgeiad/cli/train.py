@@ -39,8 +39,14 @@ def train(
     seed: int = typer.Option(None, help="random seed (default 0)"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     out: Path = typer.Option(None, help="run folder (default runs/<model>/<data>/<timestamp>)"),
+    val_anomalous: int = typer.Option(
+        5, "--val-anomalous", help="anomalous test images per defect type to fit thresholds on"
+    ),
+    categories: Path = typer.Option(
+        None, "--categories", help="categories.csv for per-category metrics (default DATA/...)"
+    ),
 ) -> None:
-    """Fit MODEL on the good images of --data, evaluate on its test split, write a run folder."""
+    """Fit MODEL on the good images of --data, fit thresholds on a validation split, evaluate on the rest."""
     from ..engine import train as run_training
     from ..runs import read_json
 
@@ -58,6 +64,7 @@ def train(
         device=device,
         overrides=overrides,
         echo=lambda message: console.print(message, markup=False, highlight=False),
+        threshold_options={"val_anomalous": val_anomalous, "categories": categories},
     )
     print_run_summary(run, read_json(run / "metrics.json"))
 
@@ -77,6 +84,12 @@ def print_run_summary(run: Path, metrics: dict) -> None:
     ):
         if key in metrics:
             table.add_row(key, f"{metrics[key]:.4f}")
+    inference = metrics.get("inference", {})
+    for level, keys in (("image", ("precision", "recall", "f1")), ("pixel", ("mean_iou", "dice"))):
+        for key in keys:
+            value = inference.get(level, {}).get(key)
+            if value is not None:
+                table.add_row(f"{level} {key} at threshold", f"{value:.4f}")
     console.print(table)
     if metrics.get("overlays"):
         console.print(f"overlays: {run / 'overlays'}")
