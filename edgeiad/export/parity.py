@@ -22,6 +22,14 @@ def parity_samples(dataset: Dataset) -> list:
     return samples + good + bad
 
 
+def evenly_spaced(samples: list, limit: int) -> list:
+    """At most `limit` samples spread evenly over the list, so every class folder keeps its share (0: all)."""
+    if not limit or len(samples) <= limit:
+        return list(samples)
+    picks = np.linspace(0, len(samples) - 1, limit).round().astype(int)
+    return [samples[i] for i in sorted(set(picks.tolist()))]
+
+
 def auroc_samples(dataset: Dataset) -> list[int]:
     """Indices into dataset.test used for the exported-vs-eager AUROC comparison."""
     count = len(dataset.test)

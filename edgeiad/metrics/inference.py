@@ -43,8 +43,9 @@ def pixel_inference_metrics(maps: Sequence[np.ndarray], masks: Sequence[np.ndarr
     """Segmentation quality of `map >= threshold`: IoU, Dice, precision, recall, region recall, false alarms.
 
     `iou`/`dice`/`precision`/`recall` pool all pixels; `mean_iou` averages per image (seed 000's IoU; a good
-    image counts 1 when nothing is flagged, else 0); `region_recall` is the share of ground-truth regions with at least one flagged pixel;
-    `good_images_flagged` is the share of good images with any flagged pixel (a false alarm on the line).
+    image counts 1 when nothing is flagged, else 0); `region_recall` is the share of ground-truth regions with
+    at least one flagged pixel; `good_images_flagged` is the share of good images with any flagged pixel (a
+    false alarm on the line).
     """
     tp = fp = fn = 0
     ious, regions, hit, good, good_flagged = [], 0, 0, 0, 0

@@ -1,0 +1,43 @@
+"""Backbone-only graphs: the reference the end-to-end latency is read against (PatchCore's kNN overhead)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import require_torch
+from ..runs import load_model
+
+
+def export_backbone(run: Path, path: Path) -> Path:
+    """Export the run's feature extractor + feature aggregation (the model minus its scoring) to ONNX."""
+    torch = require_torch()
+    _record, model = load_model(run)
+
+    class Embed(torch.nn.Module):
+        def __init__(self, inner) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, image):
+            return self.inner.embed(image)
+
+    from ..export.onnx import OPSET, _quiet_exporter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(2, 3, *model.image_size)
+    partial = path.with_name(path.name + ".partial")
+    with _quiet_exporter():
+        torch.onnx.export(
+            Embed(model).eval(),
+            (example,),
+            str(partial),
+            input_names=["image"],
+            output_names=["embedding"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},),
+            dynamo=True,
+            opset_version=OPSET,
+            external_data=False,
+            verbose=False,
+        )
+    partial.replace(path)
+    return path

@@ -1,0 +1,89 @@
+"""`edgeiad bench` and `edgeiad bench compare`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from . import app
+
+console = Console()
+bench_app = typer.Typer(help="Measure latency, memory and accuracy of model × target × precision on this box.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench(
+    ctx: typer.Context,
+    models: str = typer.Option("patchcore,padim", "--models", help="comma list or all"),
+    targets: str = typer.Option("onnx,openvino", "--targets", help="onnx,openvino,trt or all"),
+    precisions: str = typer.Option("fp32", "--precisions", help="fp32,fp16,int8 or all"),
+    stats: str = typer.Option("baked", "--stats", help="baked,sidecar or all"),
+    data: str = typer.Option("elpv-mono", "--data", help="elpv-mono | elpv-poly | MVTec-layout folder"),
+    runs: Path = typer.Option(None, "--runs", help="reuse runs found here (same model, same data fingerprint)"),
+    batch: str = typer.Option("1", "--batch", help="batch sizes, e.g. 1,8"),
+    threads: str = typer.Option("1", "--threads", help="thread counts, e.g. 1,2"),
+    iters: int = typer.Option(200, "--iters", help="timed calls per case"),
+    warmup: int = typer.Option(20, "--warmup", help="untimed calls before timing"),
+    accuracy_images: int = typer.Option(400, "--accuracy-images", help="test images scored per artifact (0: all)"),
+    profile: str = typer.Option(None, "--profile", help="device profile (export/*.toml): its targets/precisions"),
+    out: Path = typer.Option(Path("bench"), "--out", help="output folder (runs/, artifacts/, results.*)"),
+) -> None:
+    """Train or reuse runs, export, and measure every case in its own process; write results.json/csv/html."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..bench.cases import plan
+    from ..bench.report import print_table, write_results
+    from ..bench.runner import Bench
+
+    if profile:
+        targets, precisions, stats, threads = _from_profile(profile, targets, precisions, stats, threads)
+    cases = plan(models, targets, precisions, stats, batch, threads)
+    console.print(f"{len(cases)} cases → {out}", markup=False)
+    session = Bench(out, data, runs, iters, warmup, accuracy_images, echo=lambda m: console.print(m, markup=False))
+    document = session.run(cases)
+    paths = write_results(out, document)
+    print_table(document, console)
+    console.print(f"written: {paths['json']}, {paths['csv']}, {paths['html']}", markup=False)
+
+
+def _from_profile(name: str, targets: str, precisions: str, stats: str, threads: str) -> tuple[str, str, str, str]:
+    """A device profile fixes the target, precision, stats mode and thread count it describes."""
+    import os
+
+    from ..export.profiles import load_profile
+
+    profile = load_profile(name)
+    count = profile.get("threads")
+    threads = str(count or os.cpu_count() or 1) if count is not None else threads
+    return profile.get("target", targets), profile.get("precision", precisions), profile.get("stats", stats), threads
+
+
+@bench_app.command("compare")
+def compare_cmd(
+    base: Path = typer.Argument(..., help="results.json of the reference run"),
+    new: Path = typer.Argument(..., help="results.json to compare against it"),
+    threshold: float = typer.Option(0.10, "--threshold", help="flag metrics that got worse by more than this share"),
+) -> None:
+    """Per-case ratios new/base; regressions (> 10 % slower, bigger, or an AUROC drop > 0.01) are flagged."""
+    from rich.table import Table
+
+    from ..bench.compare import METRICS, compare, load_results
+
+    rows = compare(load_results(base), load_results(new), threshold)
+    table = Table(title=f"{new} vs {base} (ratio new/base)")
+    table.add_column("case")
+    for metric, _ in METRICS:
+        table.add_column(metric)
+    table.add_column("regressions")
+    for row in rows:
+        cells = [f"{row['ratios'][m]:.3f}" if m in row["ratios"] else "–" for m, _ in METRICS]
+        flag = ", ".join(row["regressions"])
+        table.add_row(row["key"], *cells, f"[red]{flag}[/red]" if flag else "ok")
+    console.print(table)
+    flagged = sum(bool(row["regressions"]) for row in rows)
+    console.print(f"{len(rows)} cases compared, {flagged} with regressions", markup=False)
+    if not rows:
+        console.print("no case is present in both files", markup=False)
