@@ -1,0 +1,136 @@
+"""`edgeiad bench`: a tiny real run (harness correctness, not timing), the report in headless Chromium, compare."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import shutil
+import subprocess
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeiad.bench.cases import ArtifactKey, plan, skip_reason
+from edgeiad.bench.compare import compare
+from edgeiad.bench.report import COLUMNS, mark_pareto, ordered
+from edgeiad.errors import ConfigError
+
+from .test_cli import assert_one_line_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def bench_out(trained_runs, synthetic_mvtec, tmp_path_factory):
+    """One tiny bench over every model × onnx/openvino/trt at fp32, reusing the session's trained runs."""
+    from edgeiad.cli import main
+
+    root = tmp_path_factory.mktemp("bench")
+    out, runs_dir = root / "out", root / "runs"
+    for name, run in trained_runs.items():
+        shutil.copytree(run, runs_dir / name)
+    argv = [
+        "bench", "--models", "all", "--targets", "onnx,openvino,trt", "--precisions", "fp32",
+        "--data", str(synthetic_mvtec), "--runs", str(runs_dir), "--iters", "3", "--warmup", "1",
+        "--batch", "1,2", "--out", str(out),
+    ]  # fmt: skip
+    try:
+        main(argv)
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    return out
+
+
+def test_bench_writes_one_record_per_case_and_never_drops_one(bench_out, trained_runs):
+    document = json.loads((bench_out / "results.json").read_text())
+    assert document["schema_version"] == 1
+    env = document["environment"]
+    assert env["cpu"]["cores"] >= 1 and "onnxruntime" in env["versions"]
+    cases = document["cases"]
+    assert len(cases) == len(trained_runs) * 3 * 2  # models × targets × batches
+    by_status = {}
+    for case in cases:
+        by_status.setdefault(case["status"], []).append(case)
+    assert all(c["target"] == "trt" for c in by_status.get("skipped", []))
+    assert all("TensorRT" in c["reason"] or "GPU" in c["reason"] for c in by_status.get("skipped", []))
+    for case in by_status["ok"]:
+        assert case["torch_imported"] is False  # the runtime measured is the torch-free one
+        assert 0 < case["latency"]["p50_ms"] <= case["latency"]["p99_ms"]
+        assert case["peak_rss_mb"] > 0 and case["size_mb"] > 0 and case["load_s"] > 0
+        assert case["backbone"]["p50_ms"] > 0 and case["e2e_over_backbone"] > 0
+        assert 0.5 <= case["accuracy"]["image_auroc"] <= 1.0 and "aupro" in case["accuracy"]
+        assert set(case["split_ms"]) == {"preprocess_ms", "inference_ms", "postprocess_ms"}
+    assert {run.name for run in trained_runs.values()} == {m for m in document["fits"]}
+    assert all("/runs/" in fit["run"] and "/out/" not in fit["run"] for fit in document["fits"].values())
+    with open(bench_out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == list(COLUMNS) and len(rows) == len(cases)
+
+
+def test_report_renders_its_plots_in_headless_chromium(bench_out, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no chromium binary: .ci/run installs the Debian package 'chromium'")
+    html = (bench_out / "report.html").read_text()
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "<script" not in html
+    shot = tmp_path / "report.png"
+    command = [
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,900",
+        f"--screenshot={shot}", (bench_out / "report.html").as_uri(),
+    ]  # fmt: skip
+    subprocess.run(command, capture_output=True, timeout=120, check=False)
+    image = cv2.imread(str(shot))
+    assert image is not None and image.shape[:2] == (900, 1200)
+    plot = image[:520]  # the two scatter plots sit at the top of the page
+    # The first model's points are drawn in #1f77b4 (BGR 180,119,31): rendered plot, not an empty page.
+    blue = np.all(np.abs(plot.astype(int) - (180, 119, 31)) < 30, axis=2)
+    assert blue.sum() > 50, "no plotted points found in the screenshot"
+
+
+def _record(key, latency, auroc, status="ok", **extra):
+    model = key.split("-")[0]
+    return {"key": key, "model": model, "status": status, "per_image_ms": latency, "size_mb": 1.0,
+            "peak_rss_mb": 100.0, "latency": {"p50_ms": latency, "p95_ms": latency * 1.1},
+            "throughput_ips": 1000 / latency, "accuracy": {"image_auroc": auroc}, **extra}  # fmt: skip
+
+
+def test_pareto_front_and_order():
+    records = [
+        _record("a-fast", 5.0, 0.80),
+        _record("a-good", 20.0, 0.95),
+        _record("a-dominated", 25.0, 0.90),
+        {"key": "a-trt", "model": "a", "status": "skipped", "reason": "no TensorRT"},
+    ]
+    mark_pareto(records)
+    assert [r.get("pareto") for r in records[:3]] == [True, True, False]
+    assert [r["key"] for r in ordered(records)] == ["a-fast", "a-good", "a-dominated", "a-trt"]
+
+
+def test_compare_flags_regressions_only(tmp_path, capsys):
+    base = {"schema_version": 1, "cases": [_record("m-x", 10.0, 0.9), _record("m-y", 10.0, 0.9)]}
+    new = copy.deepcopy(base)
+    new["cases"][0] = _record("m-x", 12.0, 0.9)  # 20 % slower
+    rows = {row["key"]: row for row in compare(base, new)}
+    assert "per_image_ms" in rows["m-x"]["regressions"] and rows["m-y"]["regressions"] == []
+    assert rows["m-x"]["ratios"]["per_image_ms"] == pytest.approx(1.2)
+    (tmp_path / "a.json").write_text(json.dumps(base))
+    (tmp_path / "b.json").write_text(json.dumps(new))
+    code, out, _ = run_cli(["bench", "compare", tmp_path / "a.json", tmp_path / "b.json"], capsys)
+    assert code == 0 and "2 cases compared, 1 with regressions" in out
+    (tmp_path / "c.json").write_text("{}")
+    code, _, err = run_cli(["bench", "compare", tmp_path / "a.json", tmp_path / "c.json"], capsys)
+    assert_one_line_error(code, err, "not an edgeiad bench results.json")
+
+
+def test_plan_and_skip_reasons():
+    cases = plan("patchcore", "onnx", "fp32,int8", "baked", "1,8", "1,2")
+    assert len(cases) == 8 and cases[0].key == "patchcore-onnx-fp32-baked/b1/t1"
+    with pytest.raises(ConfigError, match="--targets"):
+        plan("patchcore", "tflite", "fp32", "baked", "1", "1")
+    with pytest.raises(ConfigError, match="--batch"):
+        plan("patchcore", "onnx", "fp32", "baked", "0", "1")
+    reason = skip_reason(ArtifactKey("patchcore", "trt", "fp32", "baked"))
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        assert "TensorRT is not installed" in reason
