@@ -167,7 +167,7 @@ def study(
 
 
 def _groups(scored, rest: list[int], categories: dict[int, dict]) -> dict[str, dict[str, list[int]]]:
-    """Per breakdown (category, defect_type, background): value -> rest indices (its anomalous + all good)."""
+    """Per breakdown (category, defect_type, background): value -> (good rest indices, its anomalous ones)."""
     good = [i for i in rest if scored.labels[i] == 0]
     breakdown: dict[str, dict[str, list[int]]] = {"category": {}, "defect_type": {}}
     for i in rest:
@@ -180,18 +180,19 @@ def _groups(scored, rest: list[int], categories: dict[int, dict]) -> dict[str, d
             keys["background"] = info["background"]
         for kind, value in keys.items():
             breakdown.setdefault(kind, {}).setdefault(value, []).append(i)
-    return {kind: {k: good + members for k, members in sorted(values.items())} for kind, values in breakdown.items()}
+    return {kind: {k: (good, members) for k, members in sorted(values.items())} for kind, values in breakdown.items()}
 
 
 def _image_entry(value: float, scored, val, rest, groups) -> dict:
     def metrics(indices):
         return image_inference_metrics(scored.labels[indices], scored.scores[indices], value)
 
+    # Image metrics per group: the group's anomalous images against every good one (precision needs negatives).
     return {
         "threshold": value,
         "validation": metrics(val) if val else None,
         "test": metrics(rest),
-        "per_group": {kind: {k: metrics(ix) for k, ix in values.items()} for kind, values in groups.items()},
+        "per_group": {kind: {k: metrics(g + m) for k, (g, m) in values.items()} for kind, values in groups.items()},
     }
 
 
@@ -199,11 +200,12 @@ def _pixel_entry(value: float, scored, val, rest, groups) -> dict:
     def metrics(indices):
         return pixel_inference_metrics([scored.maps[i] for i in indices], [scored.masks[i] for i in indices], value)
 
+    # Segmentation per group: the group's defective images only, so good images cannot dilute its IoU.
     return {
         "threshold": value,
         "validation": metrics(val),
         "test": metrics(rest),
-        "per_group": {kind: {k: metrics(ix) for k, ix in values.items()} for kind, values in groups.items()},
+        "per_group": {kind: {k: metrics(m) for k, (_, m) in values.items()} for kind, values in groups.items()},
     }
 
 
@@ -246,8 +248,11 @@ def _split_record(labels, val, rest, per_type, seed, paths) -> dict:
 
 
 IMAGE_COLUMNS = ("threshold", "precision", "recall", "f1", "accuracy", "fpr")
-PIXEL_COLUMNS = ("threshold", "iou", "mean_iou", "dice", "precision", "recall", "region_recall", "good_images_flagged")
-GROUP_COLUMNS = {"image": ("recall", "precision", "f1"), "pixel": ("mean_iou", "dice", "region_recall")}
+PIXEL_COLUMNS = (
+    "threshold", "iou", "mean_iou", "defect_mean_iou", "dice", "precision", "recall", "region_recall",
+    "good_images_flagged",
+)  # fmt: skip
+GROUP_COLUMNS = {"image": ("recall", "precision", "f1"), "pixel": ("defect_mean_iou", "dice", "region_recall")}
 
 
 def _cell(value) -> str:

@@ -42,13 +42,13 @@ def connected_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
 def pixel_inference_metrics(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], threshold: float) -> dict:
     """Segmentation quality of `map >= threshold`: IoU, Dice, precision, recall, region recall, false alarms.
 
-    `iou`/`dice`/`precision`/`recall` pool all pixels; `mean_iou` averages per image (seed 000's IoU; a good
-    image counts 1 when nothing is flagged, else 0); `region_recall` is the share of ground-truth regions with
-    at least one flagged pixel; `good_images_flagged` is the share of good images with any flagged pixel (a
-    false alarm on the line).
+    `iou`/`dice`/`precision`/`recall` pool all pixels. `mean_iou` averages per image (seed 000's IoU; a good
+    image counts 1 when nothing is flagged, else 0); `defect_mean_iou` averages over defective images only.
+    `region_recall` is the share of ground-truth regions with at least one flagged pixel; `good_images_flagged`
+    the share of good images with any flagged pixel (a false alarm on the line).
     """
     tp = fp = fn = 0
-    ious, regions, hit, good, good_flagged = [], 0, 0, 0, 0
+    ious, defect_ious, regions, hit, good, good_flagged = [], [], 0, 0, 0, 0
     for amap, mask in zip(maps, masks):
         mask = np.asarray(mask, dtype=bool)
         predicted = np.asarray(amap) >= np.float32(threshold)
@@ -61,12 +61,14 @@ def pixel_inference_metrics(maps: Sequence[np.ndarray], masks: Sequence[np.ndarr
             ious.append(float(flagged == 0))
             continue
         ious.append(inter / (flagged + actual - inter))
+        defect_ious.append(ious[-1])
         labelled, count = connected_regions(mask)
         regions += count
         hit += len(set(np.unique(labelled[predicted & mask]).tolist()) - {0})
     return {
         "iou": _ratio(tp, tp + fp + fn),
         "mean_iou": float(np.mean(ious)) if ious else None,
+        "defect_mean_iou": float(np.mean(defect_ious)) if defect_ious else None,
         "dice": _ratio(2 * tp, 2 * tp + fp + fn),
         "precision": _ratio(tp, tp + fp),
         "recall": _ratio(tp, tp + fn),
