@@ -35,7 +35,7 @@ def train(
     data: str = typer.Option(..., "--data", help="elpv-mono | elpv-poly | MVTec-layout folder | folder of good images"),
     backbone: str = typer.Option(None, help="backbone (default efficientnet_lite0)"),
     image_size: int = typer.Option(None, "--image-size", help="square input size, multiple of 16 (default 256)"),
-    coreset_ratio: float = typer.Option(None, "--coreset-ratio", help="PatchCore memory-bank share (default 0.1)"),
+    coreset_ratio: float = typer.Option(None, "--coreset-ratio", help="PatchCore memory-bank share (default 0.01)"),
     seed: int = typer.Option(None, help="random seed (default 0)"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     out: Path = typer.Option(None, help="run folder (default runs/<model>/<data>/<timestamp>)"),

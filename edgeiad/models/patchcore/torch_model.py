@@ -18,7 +18,10 @@ class PatchCoreConfig(ModelConfig):
     """PatchCore settings; `bank_size` is filled in by fit once the coreset is chosen."""
 
     model: str = "patchcore"
-    coreset_ratio: float = 0.1
+    # 1 % as in the paper's PatchCore-1 %: measured here, image AUROC is unchanged from 10 % (ELPV mono 0.625
+    # vs 0.627, BSData 1.000 vs 0.997; pixel AUROC 0.977 vs 0.981) while the kNN, which dominates latency
+    # and RSS, is 10x smaller.
+    coreset_ratio: float = 0.01
     projection_dim: int = 128  # random-projection size used only to select the coreset
     bank_size: int = 0
     feature_dim: int = 0
@@ -26,7 +29,7 @@ class PatchCoreConfig(ModelConfig):
     def validate(self) -> None:
         super().validate()
         if not 0.0 < self.coreset_ratio <= 1.0:
-            raise ConfigError(f"coreset ratio {self.coreset_ratio} is out of range: use a value in (0, 1], e.g. 0.1")
+            raise ConfigError(f"coreset ratio {self.coreset_ratio} is out of range: use a value in (0, 1], e.g. 0.01")
 
 
 class PatchCoreModel(nn.Module):
