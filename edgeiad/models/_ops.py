@@ -49,14 +49,16 @@ def aggregate_features(features: list, local_pool: bool, mode: str = "bilinear")
 def min_euclidean(queries, bank, bank_sq_norms=None):
     """Distance from each query row to its nearest bank row, in matmul form (one GEMM, no N×M×D tensor).
 
-    ||q - b||^2 = ||q||^2 - 2 q.b + ||b||^2; clamped at 0 because cancellation can go slightly negative.
+    min_j ||q - b_j||^2 = ||q||^2 + min_j (||b_j||^2 - 2 q.b_j): the query term is added after the min and the
+    -2 is folded into the bank (a constant once baked), so the N×M score matrix sees one add and one min.
+    Clamped at 0 because cancellation can go slightly negative.
     """
     if bank_sq_norms is None:
         bank_sq_norms = (bank * bank).sum(dim=1)
-    query_sq = (queries * queries).sum(dim=-1, keepdim=True)
-    cross = torch.matmul(queries, bank.transpose(0, 1))
-    squared = query_sq - 2.0 * cross + bank_sq_norms
-    return torch.sqrt(torch.clamp(squared.min(dim=-1).values, min=0.0))
+    cross = torch.matmul(queries, (-2.0 * bank).transpose(0, 1))
+    nearest = (cross + bank_sq_norms).min(dim=-1).values
+    query_sq = (queries * queries).sum(dim=-1)
+    return torch.sqrt(torch.clamp(nearest + query_sq, min=0.0))
 
 
 @torch.no_grad()
