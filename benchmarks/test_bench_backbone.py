@@ -15,7 +15,8 @@ from .conftest import full_only
 def backbone_case(run, out, target: str, threads: int, iters: int) -> dict:
     """Export `run` to `target` plus its backbone-only graph, then time both in one torch-free worker."""
     from edgeiad.bench.backbone import export_backbone
-    from edgeiad.bench.runner import run_worker
+    from edgeiad.bench.runner import bench_frames, run_worker
+    from edgeiad.data import load_dataset
     from edgeiad.export import export_run
     from edgeiad.runs import read_json, run_data_spec
 
@@ -28,7 +29,7 @@ def backbone_case(run, out, target: str, threads: int, iters: int) -> dict:
     data = run_data_spec(read_json(run / "config.json"))
     spec = {"artifact": str(artifact), "data": data, "batch": 1, "threads": threads, "iters": iters, "warmup": 3,
             "backbone": str(backbone), "accuracy": False}  # fmt: skip
-    record = run_worker(spec, threads)
+    record = run_worker(spec, threads, bench_frames(load_dataset(data), 1))
     record["e2e_over_backbone"] = record["latency"]["p50_ms"] / record["backbone"]["p50_ms"]
     return record
 

@@ -155,7 +155,7 @@ def train(
     preprocessing = config.preprocessing()
     started = time.perf_counter()
     batches = iter_batches(dataset.train, preprocessing, progress="embedding train images" if progress else None)
-    with progress_callback("selecting memory bank", progress) as callback:
+    with progress_callback(spec.fit_label, progress) as callback:
         model, fit_info = spec.fit()(config, batches, device=device, progress=callback)
     fit_info["fit_s"] = round(time.perf_counter() - started, 3)
     log(f"fit done in {fit_info['fit_s']:.1f} s: {fit_info}")

@@ -76,4 +76,8 @@ def model_overrides(name: str) -> dict:
         overrides["coreset_ratio"] = 0.25
     if name == "padim":
         overrides["n_features"] = 32
+    if name == "npad":
+        overrides.update(n_features=32, shift=1)
+    if name in ("reconstruction", "fastflow", "attribution"):
+        overrides["epochs"] = 15
     return overrides

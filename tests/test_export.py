@@ -57,6 +57,11 @@ def test_round_trip_matches_eager_at_batch_1_and_n(artifacts, trained_runs, mode
 @pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize(("precision", "stats", "batch"), [("fp16", "sidecar", "2"), ("int8", "baked", "1")])
 def test_onnx_precisions_and_sidecar_stats(trained_runs, tmp_path, model, precision, stats, batch):
+    if stats not in MODELS[model].stats_modes:
+        with pytest.raises(ConfigError, match="--stats baked"):
+            export_run(trained_runs[model], "onnx", precision, stats, batch, out=tmp_path / "a")
+        assert not (tmp_path / "a").exists()
+        stats = "baked"
     artifact = export_run(trained_runs[model], "onnx", precision, stats, batch, out=tmp_path / "a", stats_dtype="fp16")
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["precision"] == precision and manifest["stats"]["mode"] == stats

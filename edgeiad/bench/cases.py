@@ -83,6 +83,8 @@ def skip_reason(key: ArtifactKey) -> str | None:
     target = TARGETS[key.target]
     if key.precision not in target.precisions or key.stats not in target.stats_modes:
         return f"{key.target} does not support {key.precision}/{key.stats}"
+    if key.stats not in MODELS[key.model].stats_modes:
+        return f"{key.model} has learned weights, no statistics to keep in a {key.stats} file"
     if key.target == "trt":
         if importlib.util.find_spec("tensorrt") is None:
             return "TensorRT is not installed here (needs an NVIDIA GPU: pip install 'edgeiad[tensorrt]' there)"

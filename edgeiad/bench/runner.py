@@ -29,7 +29,9 @@ def find_run(runs_dir: Path | None, model: str, fingerprint: str) -> Path | None
     if runs_dir is None or not Path(runs_dir).is_dir():
         return None
     found = []
-    for config in Path(runs_dir).rglob("config.json"):
+    # rglob does not enter symlinked folders: list the first level explicitly so linked runs count too.
+    configs = set(Path(runs_dir).rglob("config.json")) | set(Path(runs_dir).glob("*/config.json"))
+    for config in sorted(configs):
         try:
             record = read_json(config)
         except EdgeiadError:
@@ -173,7 +175,7 @@ class Bench:
         }
         self.echo(f"measuring {case.key}")
         try:
-            record.update(run_worker(spec, case.threads))
+            record.update(run_worker(spec, case.threads, bench_frames(self.dataset, case.batch)))
             record["status"] = "ok"
         except EdgeiadError as exc:
             record.update({"status": "failed", "reason": str(exc)})
@@ -206,14 +208,30 @@ def _share_accuracy(records: list[dict]) -> None:
             record["accuracy"] = by_artifact.get(record["artifact_path"])
 
 
-def run_worker(spec: dict, threads: int) -> dict:
-    """Run one case in a fresh interpreter (threads pinned through the environment too)."""
+def bench_frames(dataset, count: int) -> list:
+    """`count` RGB frames: test images first (train when there are none), cycled if there are too few."""
+    from ..data import load_rgb
+
+    samples = (dataset.test or dataset.train)[: max(count, 1)]
+    frames = [load_rgb(sample) for sample in samples]
+    return [frames[i % len(frames)] for i in range(count)]
+
+
+def run_worker(spec: dict, threads: int, frames: list) -> dict:
+    """Run one case in a fresh interpreter (threads pinned through the environment too).
+
+    The frames travel as an .npz so the worker never loads the dataset before its RSS is read.
+    """
+    import numpy as np
+
     env = dict(
         os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)
     )
     with tempfile.TemporaryDirectory(prefix="edgeiad-bench-") as scratch:
         spec_path, out_path = Path(scratch) / "spec.json", Path(scratch) / "out.json"
-        spec_path.write_text(json.dumps(spec))
+        frames_path = Path(scratch) / "frames.npz"
+        np.savez(frames_path, **{f"frame{i:04d}": frame for i, frame in enumerate(frames)})
+        spec_path.write_text(json.dumps({**spec, "frames": str(frames_path)}))
         command = [sys.executable, "-m", "edgeiad.bench.worker", str(spec_path), str(out_path)]
         try:
             done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=CASE_TIMEOUT_S)

@@ -31,13 +31,10 @@ def _percentiles(values_ms: list[float]) -> dict:
     return {f"p{q}_ms": float(np.percentile(values, q)) for q in (50, 95, 99)} | {"mean_ms": float(values.mean())}
 
 
-def _images(dataset, count: int) -> list[np.ndarray]:
-    """`count` RGB frames: test images first (train when there are none), cycled if too few."""
-    from ..data import load_rgb
-
-    samples = (dataset.test or dataset.train)[: max(count, 1)]
-    frames = [load_rgb(sample) for sample in samples]
-    return [frames[i % len(frames)] for i in range(count)]
+def _frames(path: str) -> list[np.ndarray]:
+    """The frames the parent wrote (an .npz of uint8 RGB arrays; no pickle)."""
+    with np.load(path, allow_pickle=False) as archive:
+        return [archive[name] for name in sorted(archive.files)]
 
 
 def _latency(detector, frames, iters: int, warmup: int) -> dict:
@@ -125,10 +122,9 @@ def measure(spec: dict) -> dict:
     detector = Detector.load(spec["artifact"], backend=spec.get("backend", "auto"), threads=spec["threads"])
     record: dict = {"load_s": time.perf_counter() - started, "backend": detector.backend_name}
     record["backend_info"] = {k: str(v) for k, v in detector.backend_info.items()}
-    dataset = load_dataset(spec["data"])
-    frames = _images(dataset, spec["batch"])
+    frames = _frames(spec["frames"])  # the dataset is not loaded yet: the RSS below is the detector's own
     record.update(_latency(detector, frames, spec["iters"], spec["warmup"]))
-    record["peak_rss_mb"] = peak_rss_mb()  # inference only: accuracy scoring below keeps maps in memory
+    record["peak_rss_mb"] = peak_rss_mb()  # inference only: accuracy scoring below loads data and keeps maps
     if spec.get("backbone"):
         from edgeiad_runtime.manifest import preprocessing_of
         from edgeiad_runtime.preprocess import preprocess
@@ -139,7 +135,7 @@ def measure(spec: dict) -> dict:
             spec["backbone"], detector.manifest, batch, spec["threads"], spec["iters"], spec["warmup"]
         )
     if spec.get("accuracy"):
-        record["accuracy"] = _accuracy(detector, dataset, spec.get("accuracy_images", 0))
+        record["accuracy"] = _accuracy(detector, load_dataset(spec["data"]), spec.get("accuracy_images", 0))
     record["torch_imported"] = "torch" in sys.modules
     detector.close()
     return record

@@ -15,11 +15,14 @@ console = Console()
 
 
 @app.command()
-def models() -> None:
+def models(markdown: bool = typer.Option(False, "--markdown", help="print the README's markdown table")) -> None:
     """List the registered models."""
-    from ..models import MODELS
+    from ..models import MODELS, markdown_table
     from ..models.backbones import BACKBONES
 
+    if markdown:
+        print(markdown_table())
+        return
     table = Table(title="models")
     for column in ("name", "what it does", "paper", "min. train images"):
         table.add_column(column)
@@ -37,6 +40,8 @@ def train(
     image_size: int = typer.Option(None, "--image-size", help="square input size, multiple of 16 (default 256)"),
     coreset_ratio: float = typer.Option(None, "--coreset-ratio", help="PatchCore memory-bank share (default 0.01)"),
     seed: int = typer.Option(None, help="random seed (default 0)"),
+    epochs: int = typer.Option(None, "--epochs", help="learned models: most epochs (default 40, early stop on)"),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="learned models: training time limit (default 10)"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     out: Path = typer.Option(None, help="run folder (default runs/<model>/<data>/<timestamp>)"),
     val_anomalous: int = typer.Option(
@@ -53,6 +58,14 @@ def train(
     overrides = {"backbone": backbone, "seed": seed}
     if image_size is not None:
         overrides["image_size"] = (image_size, image_size)
+    if epochs is not None or max_minutes is not None:
+        from dataclasses import fields
+
+        from ..models import get_model
+
+        if "epochs" not in {field.name for field in fields(get_model(model).config_cls())}:
+            raise typer.BadParameter(f"--epochs/--max-minutes apply to learned models, not {model}")
+        overrides.update(epochs=epochs, max_minutes=max_minutes)
     if coreset_ratio is not None:
         if model.lower() != "patchcore":
             raise typer.BadParameter("--coreset-ratio applies to patchcore only")

@@ -52,6 +52,11 @@ def export_run(
         raise ConfigError(f"--stats-dtype {stats_dtype!r} is invalid: use fp32 or fp16")
     batch_info = parse_batch(batch)
     record, model = load_model(Path(run))
+    if stats == "sidecar" and not model.stats_names:
+        raise ConfigError(
+            f"--stats sidecar: {model.config.model} has learned weights, no statistics a sidecar file could hold; "
+            "use --stats baked"
+        )
     out = Path(out) if out else Path("artifacts") / f"{model.config.model}-{spec.name}-{precision}-{stats}"
     _check_out(out, force)
     dataset = load_dataset(data or run_data_spec(record))

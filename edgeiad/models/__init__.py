@@ -22,6 +22,8 @@ class ModelSpec:
     fit_function: str
     min_train_images: int
     pixel_maps: bool = True
+    stats_modes: tuple[str, ...] = ("baked", "sidecar")  # learned models have no statistics to keep aside
+    fit_label: str = "fitting"  # the progress bar's label while `fit` runs
 
     def _attr(self, submodule: str, name: str):
         return getattr(importlib.import_module(f"edgeiad.models.{self.module}.{submodule}"), name)
@@ -54,6 +56,15 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+def markdown_table() -> str:
+    """The README's models table, generated from the registry (a test keeps the README in sync)."""
+    lines = ["| model | idea | paper | sidecar stats |", "|---|---|---|---|"]
+    for spec in MODELS.values():
+        sidecar = "yes" if "sidecar" in spec.stats_modes else "no (learned weights)"
+        lines.append(f"| `{spec.name}` | {spec.summary} | {spec.paper} | {sidecar} |")
+    return "\n".join(lines)
+
+
 def get_model(name: str) -> ModelSpec:
     """Look a model up by name, or fail naming the registered ones."""
     try:
@@ -72,6 +83,7 @@ register_model(
         model_class="PatchCoreModel",
         fit_function="fit_patchcore",
         min_train_images=1,
+        fit_label="selecting memory bank",
     )
 )
 register_model(
@@ -84,5 +96,63 @@ register_model(
         model_class="PadimModel",
         fit_function="fit_padim",
         min_train_images=2,
+        fit_label="estimating Gaussians",
+    )
+)
+register_model(
+    ModelSpec(
+        name="npad",
+        summary="min Mahalanobis to similarity-weighted neighbour Gaussians x aggregated-feature Gaussian; "
+        "k-means centroids for the image score; image shifting in the graph",
+        paper="seed 001: N-pad, Neighboring Pixel-based Industrial Anomaly Detection",
+        module="npad",
+        config_class="NpadConfig",
+        model_class="NpadModel",
+        fit_function="fit_npad",
+        min_train_images=2,
+        fit_label="estimating distributions",
+    )
+)
+register_model(
+    ModelSpec(
+        name="reconstruction",
+        summary="feature-pyramid autoencoder trained with a perceptual (feature-level) loss; map = its error",
+        paper="seeds 000/002: reconstruction-based anomaly maps with a pyramidal encoder and perceptual loss",
+        module="reconstruction",
+        config_class="ReconstructionConfig",
+        model_class="ReconstructionModel",
+        fit_function="fit_reconstruction",
+        min_train_images=4,
+        stats_modes=("baked",),
+        fit_label="training autoencoder (epochs)",
+    )
+)
+register_model(
+    ModelSpec(
+        name="attribution",
+        summary="good-vs-synthetic-defect classifier (cut-paste, noise blobs, scratches); map = its evidence "
+        "(class-activation) logits",
+        paper="seed 000: attribution-map models (Grad-CAM of a classifier); synthetic defects as in CutPaste",
+        module="attribution",
+        config_class="AttributionConfig",
+        model_class="AttributionModel",
+        fit_function="fit_attribution",
+        min_train_images=4,
+        stats_modes=("baked",),
+        fit_label="training classifier (epochs)",
+    )
+)
+register_model(
+    ModelSpec(
+        name="fastflow",
+        summary="normalizing flow (affine couplings, 3x3/1x1 subnets) on multi-scale features; map = -log p",
+        paper="Yu et al., FastFlow: Unsupervised Anomaly Detection and Localization via 2D Normalizing Flows, 2021",
+        module="fastflow",
+        config_class="FastFlowConfig",
+        model_class="FastFlowModel",
+        fit_function="fit_fastflow",
+        min_train_images=4,
+        stats_modes=("baked",),
+        fit_label="training flow (epochs)",
     )
 )
