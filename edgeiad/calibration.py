@@ -83,6 +83,8 @@ def set_artifact_thresholds(folder: Path, image: float | None, pixel: float | No
     """Set raw image and/or pixel thresholds by hand; the normalisation range is widened to hold them."""
     from edgeiad_runtime.manifest import load_manifest
 
+    if image is None and pixel is None:
+        raise ConfigError("nothing to set: pass --set IMAGE_THRESHOLD and/or --set-pixel PIXEL_THRESHOLD")
     manifest = load_manifest(folder)
     norm = dict(manifest["normalization"])
     chosen = {}
@@ -92,8 +94,6 @@ def set_artifact_thresholds(folder: Path, image: float | None, pixel: float | No
         if value is not None and norm["method"] != "none":
             norm[f"{level}_min"] = min(norm[f"{level}_min"], float(value))
             norm[f"{level}_max"] = max(norm[f"{level}_max"], float(value))
-    if chosen["image"]["value"] is None and image is None and pixel is None:
-        raise ConfigError("nothing to set: pass --set IMAGE_THRESHOLD and/or --set-pixel PIXEL_THRESHOLD")
     _rewrite(folder, manifest, chosen["image"], chosen["pixel"], norm, "set by hand with `edgeiad threshold --set`")
     return load_manifest(folder)["thresholds"]
 
