@@ -13,7 +13,7 @@ from .data import load_dataset
 from .engine import score_samples, score_with
 from .errors import ArtifactError, ConfigError
 from .runs import check_run, load_model, read_json, run_data_spec, write_json
-from .thresholding import load_categories, study, write_reports
+from .thresholding import study_dataset, write_reports
 
 
 def is_artifact(path: Path) -> bool:
@@ -35,9 +35,7 @@ def threshold_run(run: Path, options: dict, data: str | None = None, device: str
     train_scores = None
     if not dataset.test or options.get("val_anomalous") == 0:
         train_scores = score_samples(model, dataset.train, preprocessing, device).scores
-    paths = [s.path for s in dataset.test]
-    options = {**options, "categories": load_categories(options.get("categories"), paths, dataset.root)}
-    result = study(test, paths, train_scores=train_scores, seed=model.config.seed, **options)
+    result = study_dataset(test, dataset, options, train_scores, model.config.seed)
     write_json(run / "thresholds.json", result)
     write_reports(run, result, f"{model.config.model} on {dataset.name}")
     return result
@@ -60,9 +58,7 @@ def threshold_artifact(folder: Path, options: dict, data: str | None = None, pro
         train_scores = None
         if options.get("val_anomalous") == 0:
             train_scores = score_with(detector.infer, dataset.train, preprocessing).scores
-    paths = [s.path for s in dataset.test]
-    options = {**options, "categories": load_categories(options.get("categories"), paths, dataset.root)}
-    result = study(test, paths, train_scores=train_scores, **options)
+    result = study_dataset(test, dataset, options, train_scores)
     how = f"fitted on the exported {manifest['target']}/{manifest['precision']} model's outputs"
     _rewrite(folder, manifest, result["image"], result["pixel"], result["normalization"], how, result["split"])
     return result

@@ -186,7 +186,7 @@ def _config_record(config, dataset: Dataset, device: str, fit_info: dict) -> dic
 
 def _evaluate_into(folder: Path, model, config, dataset: Dataset, device, progress, log, threshold_options) -> dict:
     """Score train and test images, fit thresholds on a validation split, write scores, reports and overlays."""
-    from .thresholding import load_categories, study, write_reports
+    from .thresholding import study_dataset, write_reports
 
     preprocessing = config.preprocessing()
     desc = "scoring train images" if progress else None
@@ -195,10 +195,7 @@ def _evaluate_into(folder: Path, model, config, dataset: Dataset, device, progre
     test = score_samples(model, dataset.test, preprocessing, device, with_masks=dataset.has_masks, progress=desc)
     if not dataset.test:
         log("no test images: metrics skipped, threshold estimated from good images only")
-    paths = [sample.path for sample in dataset.test]
-    options = dict(threshold_options or {})
-    options["categories"] = load_categories(options.get("categories"), paths, dataset.root)
-    result = study(test, paths, train_scores=train.scores, seed=config.seed, **options)
+    result = study_dataset(test, dataset, threshold_options or {}, train.scores, config.seed)
     metrics: dict = {"train_score_mean": float(train.scores.mean()), "train_score_std": float(train.scores.std())}
     metrics.update(result["threshold_free"])
     metrics["inference"] = _chosen_inference(result)

@@ -166,6 +166,13 @@ def study(
     }
 
 
+def study_dataset(scored, dataset, options: dict, train_scores=None, seed: int = 0) -> dict:
+    """`study` on a dataset's scored test images, reading its categories.csv (explicit or at the root)."""
+    paths = [sample.path for sample in dataset.test]
+    options = {**options, "categories": load_categories(options.get("categories"), paths, dataset.root)}
+    return study(scored, paths, train_scores=train_scores, seed=seed, **options)
+
+
 def _groups(scored, rest: list[int], categories: dict[int, dict]) -> dict[str, dict[str, list[int]]]:
     """Per breakdown (category, defect_type, background): value -> (good rest indices, its anomalous ones)."""
     good = [i for i in rest if scored.labels[i] == 0]

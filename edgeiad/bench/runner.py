@@ -71,16 +71,13 @@ class Bench:
     def run(self, cases: list[Case]) -> dict:
         """Measure every case; return the results document (also written as results.json/csv/html)."""
         self.out.mkdir(parents=True, exist_ok=True)
-        records, artifacts = [], {}
+        records, artifacts, measured = [], {}, set()
         for case in cases:
             key = case.artifact
             if key not in artifacts:
                 artifacts[key] = self._artifact(key)
-            records.append(
-                self._measure(
-                    case, artifacts[key], first=sum(r["key"].startswith(key.name + "/") for r in records) == 0
-                )
-            )
+            records.append(self._measure(case, artifacts[key], first=key not in measured))
+            measured.add(key)
         _share_accuracy(records)
         return {
             "schema_version": SCHEMA_VERSION,

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from ...errors import require_torch
 from .._fitting import Stopwatch, collect_embeddings
 from .._ops import aggregate_features, chunked_min_euclidean
+from ..backbones import FeatureExtractor
 from .torch_model import NpadConfig, NpadModel, inside, offsets, shift_index
 
 torch = require_torch()
@@ -79,7 +80,7 @@ def kmeans(points, k: int, iterations: int, seed: int):
 def fit_npad(config: NpadConfig, batches: Iterable, device: str = "cpu", progress=None):
     """Return (fitted NpadModel on the CPU, info dict with timings and sizes)."""
     watch = Stopwatch()
-    extractor = NpadModel(config).feature_extractor.to(device)
+    extractor = FeatureExtractor(config.backbone, config.resolved_layers(), tuple(config.image_size)).to(device)
     with watch.time("embedding_s"):
         features = collect_embeddings(lambda image: aggregate_features(extractor(image), False), batches, device)
     channels = select_channels(features, config.n_features)
