@@ -37,7 +37,15 @@ def similarity_weights(mean, precision, radius: int, balance: float, height: int
     Gaussians of p and its neighbour under equal covariances (balance 1 = the original distance; larger =
     flatter), per feature dimension. Without the 1/d the distance grows with the channel count and in 150
     dimensions every neighbour weight underflows to 0 (measured on BSData: mean 2e-170), which silently
-    turns N-pad back into PaDiM."""
+    turns N-pad back into PaDiM.
+
+    Even with 1/d the weights stay small on aligned products: the per-position covariance of ~100-200 images
+    in 150 dimensions is narrow, so a neighbour's mean is far from p's. Study on BSData (image AUROC / pixel
+    AUROC / AUPRO, default settings): these weights (mean 3.9e-5) 0.9936 / 0.9844 / 0.8314; uniform weights
+    over the 7x7 neighbourhood 0.9956 / 0.9839 / 0.8270; no 1/d (mean 2e-167) 0.9946 / 0.9837 / 0.8282;
+    diagonal covariance with 1/d (mean 0.15) 0.9931 / 0.9769 / 0.7932. As in the seed's own ablation
+    (uniform 98.42 vs similarity 98.45 pixel AUROC), the weighting moves results little; flatter weights cost
+    localisation here, so the seed's formula (per dimension) stays the default."""
     weights = []
     for dy, dx in offsets(radius):
         neighbour = mean[shift_index(height, width, dy, dx)]
