@@ -78,6 +78,6 @@ def model_overrides(name: str) -> dict:
         overrides["n_features"] = 32
     if name == "npad":
         overrides.update(n_features=32, shift=1)
-    if name in ("reconstruction", "fastflow", "attribution"):
+    if name in ("reconstruction", "fastflow", "attribution", "efficientad"):
         overrides["epochs"] = 15
     return overrides

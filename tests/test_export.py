@@ -86,6 +86,29 @@ def test_int8_quantizes_the_backbone_only(trained_runs, tmp_path):
     assert "MatMul" not in quantized_inputs and "ReduceMin" not in quantized_inputs
 
 
+def test_int8_of_a_student_teacher_keeps_student_and_autoencoder_float(trained_runs, tmp_path):
+    """Backbone-only INT8 quantizes the frozen teacher, never the trained student and autoencoder whose
+    difference from it is the anomaly map."""
+    import onnx
+
+    from edgeiad.export.onnx import backbone_node_names
+
+    artifact = export_run(trained_runs["efficientad"], "onnx", "int8", "baked", "1", out=tmp_path / "q")
+    graph = onnx.load(str(artifact / "model.onnx")).graph
+    producers = {out: node for node in graph.node for out in node.output}
+
+    def quantized(node):  # INT8 weights: the weight input comes through a DequantizeLinear
+        return node.input[1] in producers and producers[node.input[1]].op_type == "DequantizeLinear"
+
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    backbone = set(backbone_node_names(graph))
+    assert any(quantized(node) for node in convs if node.name in backbone)
+    float_convs = [node for node in convs if node.name not in backbone]
+    assert len(float_convs) >= 4 + 9  # student and autoencoder (and the blur)
+    assert not any(quantized(node) for node in float_convs)
+    assert json.loads((artifact / "manifest.json").read_text())["parity"]["passed"] is True
+
+
 def test_sidecar_bank_can_be_hot_swapped(trained_runs, tmp_path):
     from edgeiad_runtime import Detector
     from edgeiad_runtime.manifest import load_manifest, write_manifest

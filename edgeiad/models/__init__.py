@@ -156,3 +156,19 @@ register_model(
         fit_label="training flow (epochs)",
     )
 )
+register_model(
+    ModelSpec(
+        name="efficientad",
+        summary="EfficientAD-style student-teacher: pretrained-backbone teacher, student + autoencoder on "
+        "early features, hard-feature loss, quantile-normalised local and global maps",
+        paper="Batzner et al., EfficientAD: Accurate Visual Anomaly Detection at Millisecond-Level Latencies, "
+        "WACV 2024",
+        module="studentteacher",
+        config_class="StudentTeacherConfig",
+        model_class="StudentTeacherModel",
+        fit_function="fit_student_teacher",
+        min_train_images=4,
+        stats_modes=("baked",),
+        fit_label="training student and autoencoder (epochs)",
+    )
+)

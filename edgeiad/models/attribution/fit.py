@@ -7,16 +7,10 @@ import numpy as np
 from ...errors import ConfigError, require_torch
 from .._fitting import Stopwatch
 from .._training import channel_statistics, fit_head
-from .synthetic import damage
+from .synthetic import damage, from_uint8, to_uint8
 from .torch_model import AttributionConfig, AttributionModel
 
 torch = require_torch()
-
-
-def _to_uint8(batch: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Undo the (x - mean) / std normalisation: N×3×H×W float → N×H×W×3 uint8 (exact for the model input)."""
-    pixels = batch.transpose(0, 2, 3, 1) * std + mean
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 def fit_attribution(config: AttributionConfig, batches, device: str = "cpu", progress=None):
@@ -29,7 +23,7 @@ def fit_attribution(config: AttributionConfig, batches, device: str = "cpu", pro
         arrays = [array for array, _samples in batches]
     if not arrays:
         raise ConfigError("no training batches were produced: the training set is empty")
-    images = _to_uint8(np.concatenate(arrays), mean, std)
+    images = to_uint8(np.concatenate(arrays), mean, std)
     with torch.no_grad(), watch.time("embedding_s"):
         features = torch.cat([model.raw_features(torch.from_numpy(a).to(device)) for a in arrays]).cpu()
     feature_mean, feature_std = channel_statistics(features)
@@ -37,9 +31,8 @@ def fit_attribution(config: AttributionConfig, batches, device: str = "cpu", pro
     model.feature_std.copy_(feature_std.to(device))
 
     def embed(uint8_images: np.ndarray):
-        normalised = ((uint8_images.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2)
         with torch.no_grad():
-            return model.embed(torch.from_numpy(np.ascontiguousarray(normalised)).to(device))
+            return model.embed(torch.from_numpy(from_uint8(uint8_images, mean, std)).to(device))
 
     def loss(head, indices, rng):
         chosen = images[indices.numpy()]

@@ -50,6 +50,17 @@ def scratch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np
     return out, mask
 
 
+def to_uint8(batch: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Undo the (x - mean) / std normalisation: N×3×H×W float → N×H×W×3 uint8 (exact for the model input)."""
+    pixels = batch.transpose(0, 2, 3, 1) * std + mean
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def from_uint8(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """N×H×W×3 uint8 → the model's N×3×H×W float input."""
+    return np.ascontiguousarray(((images.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2))
+
+
 def damage(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic defect of a random kind on a copy of an HxWx3 uint8 image; (image, 0/1 mask)."""
     kind = KINDS[int(rng.integers(len(KINDS)))]
