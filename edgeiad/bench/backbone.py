@@ -21,12 +21,12 @@ def export_backbone(run: Path, path: Path) -> Path:
         def forward(self, image):
             return self.inner.embed(image)
 
-    from ..export.onnx import OPSET, _quiet_exporter
+    from ..export.onnx import OPSET, quiet_exporter
 
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, 3, *model.image_size)
     partial = path.with_name(path.name + ".partial")
-    with _quiet_exporter():
+    with quiet_exporter():
         torch.onnx.export(
             Embed(model).eval(),
             (example,),

@@ -47,7 +47,7 @@ def export_onnx(model, path: Path, batch: dict, stats_mode: str, stats_dtype: st
     ]
     dynamic = (image_dims, *stat_dims) if image_dims is not None or any(stat_dims) else None
     big = sum(value.nbytes for value in stats.values()) > EXTERNAL_DATA_BYTES
-    with warnings.catch_warnings(), _quiet_exporter():
+    with warnings.catch_warnings(), quiet_exporter():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model.eval(),
@@ -72,7 +72,7 @@ def export_onnx(model, path: Path, batch: dict, stats_mode: str, stats_dtype: st
     }
 
 
-class _quiet_exporter:
+class quiet_exporter:
     """The dynamo exporter prints progress lines and torchvision notices; keep the CLI output clean."""
 
     def __enter__(self):
