@@ -153,6 +153,22 @@ def test_elpv_mono(elpv_mono: Dataset) -> None:
     assert not load_mask(elpv_mono.test[-1], (300, 300)).any()
 
 
+def test_elpv_random_and_drift_splits(elpv_mono: Dataset) -> None:
+    from elpv_dataset.utils import load_dataset as elpv_arrays
+
+    _images, probs, types = elpv_arrays()
+    good = [f"elpv:images/cell{i + 1:04d}.png" for i in np.flatnonzero((types == "mono") & (probs == 0))]
+    chosen = {good[i] for i in np.random.default_rng(0).permutation(len(good))[:200]}
+    assert {s.path for s in elpv_mono.train} == chosen  # a seeded random sample of the whole production
+    drift = load_dataset("elpv-mono-drift")
+    assert [s.path for s in drift.train] == good[:200]  # the first modules only
+    for dataset in (elpv_mono, drift):
+        train = {s.path for s in dataset.train}
+        assert not train & {s.path for s in dataset.test}
+        assert len(dataset.test) == len(elpv_mono.test) and all(s.label == 0 for s in dataset.train)
+    assert {s.path for s in drift.test} != {s.path for s in elpv_mono.test}
+
+
 def test_elpv_fingerprint_and_batches(elpv_mono: Dataset) -> None:
     assert elpv_mono.fingerprint() == load_dataset("elpv-mono").fingerprint()
     batch, samples = next(iter_batches(elpv_mono.train, Preprocessing(64, 64), batch_size=4))
@@ -160,7 +176,7 @@ def test_elpv_fingerprint_and_batches(elpv_mono: Dataset) -> None:
 
 
 def test_elpv_unknown_name() -> None:
-    with pytest.raises(ConfigError, match=r"unknown built-in dataset 'elpv-foo'.*elpv-mono, elpv-poly"):
+    with pytest.raises(ConfigError, match=r"unknown built-in dataset 'elpv-foo'.*elpv-mono, elpv-mono-drift"):
         load_dataset("elpv-foo")
 
 

@@ -11,8 +11,12 @@ from edgeiad.errors import ConfigError, DataError, require
 
 from .loader import Dataset, Sample
 
-BUILTIN = {"elpv-mono": "mono", "elpv-poly": "poly"}
+# Random split: 200 good cells drawn by a seeded permutation train, every other cell of the type tests; a sample
+# of the whole production, as a factory collects good parts. Drift split: the first 200 good cells in the
+# package's order (early modules) train and the later ones test, which measures robustness to production drift.
+BUILTIN = {"elpv-mono": "mono", "elpv-poly": "poly", "elpv-mono-drift": "mono", "elpv-poly-drift": "poly"}
 N_TRAIN = 200
+SPLIT_SEED = 0
 PREFIX = "elpv:"
 DEFECTIVE = "defective"
 
@@ -38,24 +42,34 @@ def _load_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]
 
 
 def load_elpv(name: str) -> Dataset:
-    """Load "elpv-mono" or "elpv-poly": the first 200 good cells train, every other cell tests."""
+    """Load a built-in ELPV set: 200 good cells of one type train, every other cell of that type tests.
+
+    "elpv-mono" / "elpv-poly" draw the 200 with numpy's default_rng(0) permutation of the type's good cells (in
+    load_dataset() order); "-drift" takes the first 200 instead, so training sees early modules only.
+    """
     if name not in BUILTIN:
         valid = ", ".join(sorted(BUILTIN))
         raise ConfigError(f"unknown built-in dataset {name!r}: use one of {valid} or a folder path")
     images, probs, types, paths = _load_arrays()
+    cells = np.flatnonzero(types == BUILTIN[name])
+    good = cells[probs[cells] == 0]
+    if name.endswith("-drift"):
+        chosen = good[:N_TRAIN]
+    else:
+        chosen = np.sort(good[np.random.default_rng(SPLIT_SEED).permutation(good.size)[:N_TRAIN]])
+    in_train = np.isin(cells, chosen)
     train: list[Sample] = []
     test: list[Sample] = []
-    for index in np.flatnonzero(types == BUILTIN[name]):
+    for index, trains in zip(cells, in_train):
         gray = images[index]
-        rgb = np.broadcast_to(gray[:, :, None], (*gray.shape, 3))
-        good = bool(probs[index] == 0)
+        is_good = bool(probs[index] == 0)
         sample = Sample(
             path=PREFIX + paths[index],
-            label=0 if good else 1,
-            defect_type="good" if good else DEFECTIVE,
-            image=rgb,
+            label=0 if is_good else 1,
+            defect_type="good" if is_good else DEFECTIVE,
+            image=np.broadcast_to(gray[:, :, None], (*gray.shape, 3)),
         )
-        (train if good and len(train) < N_TRAIN else test).append(sample)
+        (train if trains else test).append(sample)
     return Dataset(name=name, root=None, train=train, test=test, has_masks=False)
 
 
