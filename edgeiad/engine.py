@@ -132,7 +132,7 @@ class RunLog:
 
 def train(
     model_name: str,
-    data: str | Path,
+    data: str | Path | Dataset,
     out: Path | None = None,
     device: str | None = None,
     overrides: dict | None = None,
@@ -140,24 +140,18 @@ def train(
     echo=None,
     threshold_options: dict | None = None,
 ) -> Path:
-    """Fit `model_name` on the good images of `data`, evaluate on its test split, write a run folder."""
-    from .models._fitting import resolve_device, seed_everything
+    """Fit `model_name` on the good images of `data` (a spec or a loaded Dataset), evaluate, write a run folder."""
+    from .models._fitting import resolve_device
 
     spec = get_model(model_name)
     config = spec.make_config(**(overrides or {}))
     device = resolve_device(device)
-    dataset = load_dataset(data)
+    dataset = data if isinstance(data, Dataset) else load_dataset(data)
     check_min_images(dataset, spec.min_train_images, spec.name)
     target = new_run_dir(Path(out) if out else None, spec.name, dataset.name)
     log = RunLog(echo)
     log(f"training {spec.name} on {dataset.name}: {len(dataset.train)} good images, device {device}")
-    seed_everything(config.seed)
-    preprocessing = config.preprocessing()
-    started = time.perf_counter()
-    batches = iter_batches(dataset.train, preprocessing, progress="embedding train images" if progress else None)
-    with progress_callback(spec.fit_label, progress) as callback:
-        model, fit_info = spec.fit()(config, batches, device=device, progress=callback)
-    fit_info["fit_s"] = round(time.perf_counter() - started, 3)
+    model, fit_info = fit_model(config, dataset, device, progress)
     log(f"fit done in {fit_info['fit_s']:.1f} s: {fit_info}")
     with StagingDir(target) as staging:
         save_model(model, staging)
@@ -167,6 +161,22 @@ def train(
         write_json(staging / "thresholds.json", results["thresholds"])
         (staging / "train.log").write_text("\n".join(log.lines) + "\n")
     return target
+
+
+def fit_model(config, dataset: Dataset, device: str = "cpu", progress: bool = False):
+    """Fit the model `config` names on the dataset's good images; return (model, fit info with `fit_s`)."""
+    from .models._fitting import seed_everything
+
+    spec = get_model(config.model)
+    check_min_images(dataset, spec.min_train_images, spec.name)
+    seed_everything(config.seed)
+    started = time.perf_counter()
+    desc = "embedding train images" if progress else None
+    batches = iter_batches(dataset.train, config.preprocessing(), progress=desc)
+    with progress_callback(spec.fit_label, progress) as callback:
+        model, fit_info = spec.fit()(config, batches, device=device, progress=callback)
+    fit_info["fit_s"] = round(time.perf_counter() - started, 3)
+    return model, fit_info
 
 
 def _config_record(config, dataset: Dataset, device: str, fit_info: dict) -> dict:

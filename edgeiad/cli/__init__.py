@@ -22,6 +22,7 @@ err_console = Console(stderr=True)
 
 from . import bench as _bench  # noqa: E402,F401  (registers commands on `app`)
 from . import export as _export  # noqa: E402,F401
+from . import study as _study  # noqa: E402,F401
 from . import threshold as _threshold  # noqa: E402,F401
 from . import train as _train  # noqa: E402,F401
 from . import watch as _watch  # noqa: E402,F401
