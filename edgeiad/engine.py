@@ -169,6 +169,8 @@ def fit_model(config, dataset: Dataset, device: str = "cpu", progress: bool = Fa
 
     spec = get_model(config.model)
     check_min_images(dataset, spec.min_train_images, spec.name)
+    config.image_size = config.fitted_to(_image_sizes(dataset.train))
+    config.validate()
     seed_everything(config.seed)
     started = time.perf_counter()
     desc = "embedding train images" if progress else None
@@ -177,6 +179,12 @@ def fit_model(config, dataset: Dataset, device: str = "cpu", progress: bool = Fa
         model, fit_info = spec.fit()(config, batches, device=device, progress=callback)
     fit_info["fit_s"] = round(time.perf_counter() - started, 3)
     return model, fit_info
+
+
+def _image_sizes(samples, count: int = 16) -> list[tuple[int, int]]:
+    """(height, width) of up to `count` samples spread over the list (decoded: image headers vary by format)."""
+    picks = sorted(set(np.linspace(0, len(samples) - 1, min(count, len(samples))).round().astype(int).tolist()))
+    return [load_rgb(samples[i]).shape[:2] for i in picks]
 
 
 def _config_record(config, dataset: Dataset, device: str, fit_info: dict) -> dict:

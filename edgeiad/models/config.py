@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
 from edgeiad_runtime.preprocess import Preprocessing
 
 from ..errors import ConfigError
+
+RESIZE_MODES = ("aspect", "squash")
+
+
+def _multiple_of_16(value: float) -> int:
+    return max(32, int(round(value / 16.0)) * 16)
 
 
 @dataclass
@@ -17,9 +25,15 @@ class ModelConfig:
     backbone: str = "efficientnet_lite0"
     layers: tuple[int, ...] = ()  # empty: the backbone's default blocks
     image_size: tuple[int, int] = (256, 256)
+    # "aspect": fit() reshapes image_size to the training images' aspect ratio at about the same pixel count, so
+    # wide or tall parts are not squashed; "squash": every image is resized to image_size as given.
+    resize: str = "aspect"
     seed: int = 0
     sigma: float = 4.0  # Gaussian smoothing of the anomaly map, in input pixels
     extra: dict = field(default_factory=dict)
+
+    # Values a config.json written before a field existed meant: an old run reloads exactly as it was fitted.
+    LEGACY = {"resize": "squash"}
 
     def preprocessing(self) -> Preprocessing:
         """The preprocessing this model's backbone expects, at this config's input size."""
@@ -47,7 +61,8 @@ class ModelConfig:
             raise ConfigError(
                 f"config for {cls.__name__} has unknown keys {unknown}: was it written by a newer edgeiad?"
             )
-        values = dict(data)
+        values = {k: v for k, v in cls.LEGACY.items() if k in names and k not in data}
+        values.update(data)
         if "layers" in values:
             values["layers"] = tuple(values["layers"])
         if "image_size" in values:
@@ -58,3 +73,14 @@ class ModelConfig:
         h, w = self.image_size
         if h < 32 or w < 32 or h % 16 or w % 16:
             raise ConfigError(f"image size {h}x{w} is not supported: use multiples of 16, at least 32 (e.g. 256)")
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError(f"resize {self.resize!r} is invalid: use one of {', '.join(RESIZE_MODES)}")
+
+    def fitted_to(self, sizes: list[tuple[int, int]]) -> tuple[int, int]:
+        """The input (height, width) for training images of these sizes: image_size itself unless resize="aspect"."""
+        if self.resize != "aspect" or not sizes:
+            return tuple(self.image_size)
+        aspect = float(np.median([width / height for height, width in sizes]))
+        area = self.image_size[0] * self.image_size[1]
+        height = _multiple_of_16(math.sqrt(area / aspect))
+        return height, _multiple_of_16(area / height)
