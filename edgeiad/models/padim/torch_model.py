@@ -23,8 +23,28 @@ class PadimConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.n_features < 1:
-            raise ConfigError(f"n_features {self.n_features} must be positive (e.g. 100)")
+        check_n_features(self.n_features)
+
+
+def check_n_features(count: int) -> None:
+    if count < 1:
+        raise ConfigError(f"n_features {count} must be positive (e.g. 100)")
+
+
+def random_channels(total: int, count: int, seed: int):
+    """The sorted random subset of `count` of `total` feature channels PaDiM keeps (seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(total, generator=generator)[:count].sort().values
+
+
+def mahalanobis_distances(embedding, mean, inv_covariance):
+    """Distance of every N×d×h×w feature to its position's Gaussian (P×d mean, P×d×d inverse), N×1×h×w."""
+    batch, dim, height, width = embedding.shape
+    # positions first, so one batched matmul applies each position's own inverse covariance
+    diff = embedding.reshape(batch, dim, height * width).permute(2, 0, 1) - mean.to(embedding.dtype).unsqueeze(1)
+    projected = torch.bmm(diff, inv_covariance.to(diff.dtype))
+    squared = (projected * diff).sum(dim=-1).clamp(min=0.0)
+    return torch.sqrt(squared).transpose(0, 1).reshape(batch, 1, height, width)
 
 
 class PadimModel(nn.Module):
@@ -47,9 +67,7 @@ class PadimModel(nn.Module):
                 f"n_features {config.n_features} exceeds the {total} channels of {config.backbone} "
                 f"layers {list(config.resolved_layers())}: use at most {total}"
             )
-        generator = torch.Generator().manual_seed(config.seed)
-        channels = torch.randperm(total, generator=generator)[: config.n_features].sort().values
-        self.register_buffer("channel_index", channels)
+        self.register_buffer("channel_index", random_channels(total, config.n_features, config.seed))
         positions = self.grid_size()[0] * self.grid_size()[1]
         self.register_buffer("mean", torch.zeros(positions, config.n_features))
         self.register_buffer("inv_covariance", torch.eye(config.n_features).repeat(positions, 1, 1))
@@ -67,13 +85,7 @@ class PadimModel(nn.Module):
     def forward(self, image, mean=None, inv_covariance=None):
         mean = self.mean if mean is None else mean
         inv_covariance = self.inv_covariance if inv_covariance is None else inv_covariance
-        embedding = self.embed(image)
-        batch, dim, height, width = embedding.shape
-        # positions first, so one batched matmul applies each position's own inverse covariance
-        diff = embedding.reshape(batch, dim, height * width).permute(2, 0, 1) - mean.to(embedding.dtype).unsqueeze(1)
-        projected = torch.bmm(diff, inv_covariance.to(diff.dtype))
-        squared = (projected * diff).sum(dim=-1).clamp(min=0.0)
-        scores = torch.sqrt(squared).transpose(0, 1).reshape(batch, 1, height, width)
+        scores = mahalanobis_distances(self.embed(image), mean, inv_covariance)
         return to_anomaly_map(scores, self.image_size, self.blur)
 
     @torch.no_grad()

@@ -19,15 +19,19 @@ def fit_patchcore(config: PatchCoreConfig, batches: Iterable, device: str = "cpu
     model = PatchCoreModel(config).to(device)
     with watch.time("embedding_s"):
         embeddings = collect_embeddings(model.embed, batches, device)
+    with watch.time("coreset_s"):
+        bank = select_memory_bank(embeddings, config, progress)
+    model = PatchCoreModel(config)
+    model.memory_bank.copy_(bank)
+    info = {"n_patches": int(embeddings[:, 0].numel()), "bank_size": config.bank_size, **watch.timings}
+    return model.eval(), info
+
+
+def select_memory_bank(embeddings, config, progress=None):
+    """The greedy coreset of all N×D×h×w training patches; sets config.bank_size and feature_dim."""
     features = embeddings.permute(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
     size = max(1, math.ceil(features.shape[0] * config.coreset_ratio))
-    with watch.time("coreset_s"):
-        selected = greedy_coreset(
-            features, size, seed=config.seed, projection_dim=config.projection_dim, progress=progress
-        )
+    selected = greedy_coreset(features, size, seed=config.seed, projection_dim=config.projection_dim, progress=progress)
     config.bank_size = int(selected.numel())
     config.feature_dim = int(features.shape[1])
-    model = PatchCoreModel(config)
-    model.memory_bank.copy_(features[selected])
-    info = {"n_patches": int(features.shape[0]), "bank_size": config.bank_size, **watch.timings}
-    return model.eval(), info
+    return features[selected]

@@ -28,8 +28,20 @@ class PatchCoreConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not 0.0 < self.coreset_ratio <= 1.0:
-            raise ConfigError(f"coreset ratio {self.coreset_ratio} is out of range: use a value in (0, 1], e.g. 0.01")
+        check_coreset_ratio(self.coreset_ratio)
+
+
+def check_coreset_ratio(ratio: float) -> None:
+    if not 0.0 < ratio <= 1.0:
+        raise ConfigError(f"coreset ratio {ratio} is out of range: use a value in (0, 1], e.g. 0.01")
+
+
+def nearest_distances(embedding, memory_bank):
+    """Distance of every N×D×h×w patch to its nearest memory-bank row, N×1×h×w (graph-exportable)."""
+    batch, dim, height, width = embedding.shape
+    queries = embedding.permute(0, 2, 3, 1).reshape(batch, height * width, dim)
+    scores = min_euclidean(queries, memory_bank.to(queries.dtype))
+    return scores.reshape(batch, 1, height, width)
 
 
 class PatchCoreModel(nn.Module):
@@ -57,11 +69,7 @@ class PatchCoreModel(nn.Module):
 
     def patch_scores(self, embedding, memory_bank):
         """Nearest-neighbour distance of every patch to the bank, N×1×h×w."""
-        batch, dim, height, width = embedding.shape
-        queries = embedding.permute(0, 2, 3, 1).reshape(batch, height * width, dim)
-        bank = memory_bank.to(queries.dtype)
-        scores = min_euclidean(queries, bank)
-        return scores.reshape(batch, 1, height, width)
+        return nearest_distances(embedding, memory_bank)
 
     def forward(self, image, memory_bank=None):
         bank = self.memory_bank if memory_bank is None else memory_bank
