@@ -72,9 +72,9 @@ def trained_runs(synthetic_mvtec, tmp_path_factory) -> dict[str, Path]:
 def model_overrides(name: str) -> dict:
     """Small, fast settings for tests (same code paths as the defaults)."""
     overrides = {"image_size": (SYNTH_SIZE, SYNTH_SIZE)}
-    if name == "patchcore":
+    if name in ("patchcore", "ensemble"):
         overrides["coreset_ratio"] = 0.25
-    if name == "padim":
+    if name in ("padim", "ensemble"):
         overrides["n_features"] = 32
     if name == "npad":
         overrides.update(n_features=32, shift=1)

@@ -101,6 +101,19 @@ register_model(
 )
 register_model(
     ModelSpec(
+        name="ensemble",
+        summary="PatchCore and PaDiM on one backbone pass; each patch score scaled by held-out good images, averaged",
+        paper="Roth et al. (PatchCore) and Defard et al. (PaDiM), combined as in score-level ensembles of detectors",
+        module="ensemble",
+        config_class="EnsembleConfig",
+        model_class="EnsembleModel",
+        fit_function="fit_ensemble",
+        min_train_images=2,
+        fit_label="selecting memory bank",
+    )
+)
+register_model(
+    ModelSpec(
         name="npad",
         summary="min Mahalanobis to similarity-weighted neighbour Gaussians x aggregated-feature Gaussian; "
         "k-means centroids for the image score; image shifting in the graph",

@@ -1,0 +1,106 @@
+"""PatchCore and PaDiM heads on one shared backbone pass, their patch scores calibrated and averaged (exportable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...errors import ConfigError, require_torch
+from .._ops import GaussianBlur, aggregate_features, chunked_min_euclidean, to_anomaly_map
+from ..backbones import FeatureExtractor
+from ..config import ModelConfig
+from ..padim.torch_model import check_n_features, mahalanobis_distances, random_channels
+from ..patchcore.torch_model import check_coreset_ratio, nearest_distances
+
+torch = require_torch()
+nn = torch.nn
+
+
+@dataclass
+class EnsembleConfig(ModelConfig):
+    """PatchCore's and PaDiM's settings, and the share of good images that calibrates their scores."""
+
+    model: str = "ensemble"
+    coreset_ratio: float = 0.01
+    projection_dim: int = 128
+    bank_size: int = 0
+    feature_dim: int = 0
+    n_features: int = 100
+    regularization: float = 0.01
+    calibration_share: float = 0.1  # good training images kept out of both fits to measure their score scales
+    # Calibrated score = (raw - its median on held-out good patches) / (its q-quantile - that median).
+    calibration_quantile: float = 0.995
+
+    def validate(self) -> None:
+        super().validate()
+        check_coreset_ratio(self.coreset_ratio)
+        check_n_features(self.n_features)
+        if not 0.0 < self.calibration_share < 1.0 or not 0.5 < self.calibration_quantile < 1.0:
+            raise ConfigError("calibration_share must be in (0, 1), calibration_quantile in (0.5, 1): e.g. 0.1, 0.995")
+
+
+class EnsembleModel(nn.Module):
+    """image → anomaly_map, pred_score: the mean of PatchCore's and PaDiM's calibrated patch scores.
+
+    `calibration` (2×2: per member, the held-out good patches' median and quantile − median) puts a kNN distance
+    and a Mahalanobis distance on one scale, so neither member dominates the mean by its units alone.
+    """
+
+    stats_names = ("memory_bank", "mean", "inv_covariance", "calibration")
+    resizable_stats = {"memory_bank": 0}
+
+    def __init__(self, config: EnsembleConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.image_size = tuple(config.image_size)
+        self.feature_extractor = FeatureExtractor(config.backbone, config.resolved_layers(), self.image_size)
+        total = sum(self.feature_extractor.channels())
+        if config.n_features > total:
+            raise ConfigError(
+                f"n_features {config.n_features} exceeds the {total} channels of {config.backbone}: use at most {total}"
+            )
+        self.register_buffer("channel_index", random_channels(total, config.n_features, config.seed))
+        self.register_buffer("memory_bank", torch.zeros(max(config.bank_size, 1), config.feature_dim or total))
+        positions = (self.image_size[0] // 8) * (self.image_size[1] // 8)
+        self.register_buffer("mean", torch.zeros(positions, config.n_features))
+        self.register_buffer("inv_covariance", torch.eye(config.n_features).repeat(positions, 1, 1))
+        self.register_buffer("calibration", torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+        self.blur = GaussianBlur(config.sigma)
+
+    def embed(self, image):
+        """(PatchCore's locally aware features, PaDiM's channel subset), both at stride 8, from one backbone pass."""
+        features = self.feature_extractor(image)
+        local = aggregate_features(features, local_pool=True)
+        plain = aggregate_features(features, local_pool=False, mode="nearest").index_select(1, self.channel_index)
+        return local, plain
+
+    def combine(self, nearest, mahalanobis, calibration):
+        """Mean of the two members' calibrated patch scores, N×1×h×w."""
+        calibration = calibration.to(nearest.dtype)
+        first = (nearest - calibration[0, 0]) / calibration[0, 1]
+        second = (mahalanobis - calibration[1, 0]) / calibration[1, 1]
+        return (first + second) * 0.5
+
+    def forward(self, image, memory_bank=None, mean=None, inv_covariance=None, calibration=None):
+        local, plain = self.embed(image)
+        nearest = nearest_distances(local, self.memory_bank if memory_bank is None else memory_bank)
+        mean = self.mean if mean is None else mean
+        inv_covariance = self.inv_covariance if inv_covariance is None else inv_covariance
+        mahalanobis = mahalanobis_distances(plain, mean, inv_covariance)
+        calibration = self.calibration if calibration is None else calibration
+        return to_anomaly_map(self.combine(nearest, mahalanobis, calibration), self.image_size, self.blur)
+
+    @torch.no_grad()
+    def member_scores(self, image):
+        """Raw (PatchCore, PaDiM) patch scores with a bounded-memory kNN search, for fitting and evaluation."""
+        local, plain = self.embed(image)
+        batch, dim, height, width = local.shape
+        queries = local.permute(0, 2, 3, 1).reshape(-1, dim)
+        distances, _ = chunked_min_euclidean(queries, self.memory_bank.to(queries.dtype))
+        nearest = distances.reshape(batch, 1, height, width)
+        return nearest, mahalanobis_distances(plain, self.mean, self.inv_covariance)
+
+    @torch.no_grad()
+    def infer(self, image):
+        """Eager scoring with bounded memory; same result as forward."""
+        nearest, mahalanobis = self.member_scores(image)
+        return to_anomaly_map(self.combine(nearest, mahalanobis, self.calibration), self.image_size, self.blur)
