@@ -8,6 +8,8 @@ from edgeiad_runtime.preprocess import Preprocessing
 
 from ..errors import ConfigError
 
+MAX_IMAGE_SIZE = 2048  # larger inputs exhaust memory in feature extraction long before they help accuracy
+
 
 @dataclass
 class ModelConfig:
@@ -56,5 +58,9 @@ class ModelConfig:
 
     def validate(self) -> None:
         h, w = self.image_size
-        if h < 32 or w < 32 or h % 16 or w % 16:
-            raise ConfigError(f"image size {h}x{w} is not supported: use multiples of 16, at least 32 (e.g. 256)")
+        if h < 32 or w < 32 or h % 16 or w % 16 or max(h, w) > MAX_IMAGE_SIZE:
+            raise ConfigError(
+                f"image size {h}x{w} is not supported: use multiples of 16 from 32 to {MAX_IMAGE_SIZE} (e.g. 256)"
+            )
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed {self.seed!r} is not supported: use an integer from 0 to 4294967295")
