@@ -91,6 +91,26 @@ def test_unwritable_places_give_output_errors(tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "file"]
 
 
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A read-only tmpfs, where this machine lets the tests mount one."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip("this machine does not allow mounting a tmpfs (container without CAP_SYS_ADMIN)")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_mount_gives_an_output_error(read_only_mount):
+    with pytest.raises(OutputError, match=r"cannot write .*ro.*Read-only file system"):
+        with StagingDir(read_only_mount / "art"):
+            pass
+
+
 def test_batch_dynamic_zero_is_refused():
     for text in ("dynamic:0", "dynamic:", "dynamic:x", "dynamics"):
         with pytest.raises(ConfigError, match=f"--batch '{text}' is invalid"):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -208,11 +209,11 @@ def test_hostile_numbers_name_the_key(fresh_artifact, key, value):
         Detector.load(folder, threads=1, verify=False)
 
 
-def _predict_until_closed(detector: Detector, start: threading.Barrier, errors: list) -> None:
+def _predict_until_closed(detector: Detector, frame: np.ndarray, start: threading.Barrier, errors: list) -> None:
     start.wait()
-    for _ in range(20):
+    for _ in range(10):
         try:
-            detector.predict(FRAME)
+            detector.predict(frame)
         except EdgeiadError as exc:
             assert "is closed" in str(exc)
         except BaseException as exc:  # the point is that nothing else escapes
@@ -220,16 +221,20 @@ def _predict_until_closed(detector: Detector, start: threading.Barrier, errors: 
 
 
 def test_close_racing_predict_never_raises_a_foreign_error(onnx_artifact):
-    for _ in range(5):
+    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)  # slow enough to overlap
+    errors: list[BaseException] = []
+    for attempt in range(10):
         detector = Detector.load(onnx_artifact, threads=1)
-        errors: list[BaseException] = []
         start = threading.Barrier(5)
-        workers = [threading.Thread(target=_predict_until_closed, args=(detector, start, errors)) for _ in range(4)]
+        workers = [
+            threading.Thread(target=_predict_until_closed, args=(detector, frame, start, errors)) for _ in range(4)
+        ]
         for worker in workers:
             worker.start()
         start.wait()
+        time.sleep(0.01 + 0.002 * attempt)  # close while predictions are in flight (AttributeError before)
         detector.close()
         for worker in workers:
             worker.join(30)
-        assert not errors, errors
         assert "closed" in repr(detector)
+    assert not errors, errors
