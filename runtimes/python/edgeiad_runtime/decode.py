@@ -125,7 +125,7 @@ def _jpeg_header(data: bytes) -> tuple[str, int, int, int]:
         if marker in _SOF:
             size = struct.unpack(">HH", data[position + 3 : position + 7])
         position += length
-    raise ValueError("the JPEG ends before its scan")
+    raise ValueError("the JPEG is truncated before its scan")
 
 
 def _tiff_header(data: bytes) -> tuple[str, int, int, int]:
