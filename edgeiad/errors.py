@@ -7,6 +7,8 @@ from edgeiad_runtime.errors import (
     DataNotFoundError,
     EdgeiadError,
     MissingExtraError,
+    NonFiniteScoreError,
+    OutputError,
     require,
 )
 
@@ -17,6 +19,8 @@ __all__ = [
     "DataNotFoundError",
     "EdgeiadError",
     "MissingExtraError",
+    "NonFiniteScoreError",
+    "OutputError",
     "require",
 ]
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import json
 import os
 import platform
@@ -10,6 +13,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from edgeiad_runtime.files import WRITE_ERRNOS, atomic_write, normal_mode, write_failed
 
 from . import __version__
 from .errors import ArtifactError, ConfigError, DataNotFoundError
@@ -40,38 +45,119 @@ def new_run_dir(out: Path | None, model: str, dataset: str) -> Path:
         while out.exists():
             out = out.with_name(f"{stamp}-{suffix}")
             suffix += 1
+    elif out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: pass a folder for the run")
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} exists and is not empty: choose a new folder or delete it")
     return out
 
 
 class StagingDir:
-    """Write into a hidden temp folder beside the target, rename into place only on success."""
+    """Write into a hidden folder beside the target; on success swap it into place, on failure remove it.
+
+    Staging folders are named `.NAME.staging-PID-xxxx`, so one left by a killed process (whose PID is gone)
+    is removed by the next run. An existing target (export --force) is replaced atomically: renameat2's
+    exchange where the kernel has it, else renamed aside to `.NAME.old-PID` first and restored if that
+    process died before finishing.
+    """
 
     def __init__(self, target: Path) -> None:
         self.target = Path(target)
 
     def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            _clean_stale(self.target)
+            self.path = Path(
+                tempfile.mkdtemp(prefix=f".{self.target.name}.staging-{os.getpid()}-", dir=self.target.parent)
+            )
+            os.chmod(self.path, normal_mode(directory=True))  # mkdtemp's 0700 would survive the rename
+        except OSError as exc:
+            raise _output_error(self.target, exc) from None
         return self.path
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             shutil.rmtree(self.path, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+                raise _output_error(self.target, exc) from None
             return
-        if self.target.exists():
-            self.target.rmdir()  # empty (checked by the caller); a non-empty one makes this raise
-        os.replace(self.path, self.target)
+        try:
+            _swap_into_place(self.path, self.target)
+        except OSError as exc:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise _output_error(self.target, exc) from None
+
+
+def _output_error(target: Path, exc: OSError):
+    return write_failed(exc.filename or target, exc)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _owner_pid(rest: str, marker: str) -> int | None:
+    """The PID in '.staging-PID-xxxx' / '.old-PID' (what follows '.NAME'), or None for other names."""
+    digits = rest[len(marker) :].split("-", 1)[0] if rest.startswith(marker) else ""
+    return int(digits) if digits.isdigit() else None
+
+
+def _clean_stale(target: Path) -> None:
+    """Remove staging folders of dead processes; restore a target a dead --force left renamed aside."""
+    prefix = f".{target.name}."
+    for path in sorted(target.parent.glob(f"{prefix}*")):
+        for marker in (".staging-", ".old-"):
+            pid = _owner_pid(path.name[len(prefix) - 1 :], marker)
+            if not path.is_dir() or pid is None or _pid_alive(pid):
+                continue
+            if marker == ".old-" and not target.exists():
+                os.replace(path, target)  # killed between the two renames of a fallback swap
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    if not any(target.iterdir()):
+        target.rmdir()
+        os.replace(staging, target)
+        return
+    if not _exchange(staging, target):
+        aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, aside)
+        os.replace(staging, target)
+        staging = aside
+    shutil.rmtree(staging, ignore_errors=True)  # now holds the previous target
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unavailable."""
+    libc_name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    renameat2 = getattr(ctypes.CDLL(libc_name, use_errno=True), "renameat2", None) if libc_name else None
+    if renameat2 is None:
+        return False
+    at_cwd, rename_exchange = -100, 2
+    if renameat2(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # filesystem or kernel without the flag
+        return False
+    raise OSError(code, os.strerror(code), str(second))
 
 
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically (temporary file + rename): a crash never leaves a half-written file."""
-    path = Path(path)
     text = json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    atomic_write(Path(path), [text.encode("utf-8")])
 
 
 def _json_default(value):
@@ -83,10 +169,42 @@ def _json_default(value):
 
 
 def read_json(path: Path) -> dict:
+    """Read a run folder's JSON file, or fail with one line naming it and the fix."""
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc}): re-create it with edgeiad train") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is missing: the run folder is incomplete, re-run edgeiad train") from None
+    except PermissionError:
+        raise ArtifactError(f"{path} is not readable by this user: fix its permissions") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({str(exc)[:200]}): re-create it with edgeiad train") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path} holds a {type(data).__name__}, not an object: re-create it with edgeiad train")
+    return data
+
+
+def run_model_name(config: dict, run: Path) -> str:
+    """The model name a run's config.json records."""
+    name = config.get("model", {}).get("model") if isinstance(config.get("model"), dict) else None
+    if not isinstance(name, str) or not name:
+        raise ArtifactError(f"{run / 'config.json'} has no model section: the run folder is incomplete, re-train it")
+    return name
+
+
+def run_thresholds(run: Path) -> dict:
+    """A run's thresholds.json, checked for the keys export copies into the manifest."""
+    data = read_json(Path(run) / "thresholds.json")
+    try:
+        for level in ("image", "pixel"):
+            data[level]["value"], data[level]["method"]  # noqa: B018 - presence check
+        data["normalization"]["method"]  # noqa: B018
+    except (KeyError, TypeError):
+        raise ArtifactError(
+            f"{Path(run) / 'thresholds.json'} lacks image/pixel thresholds or normalization: "
+            f"re-fit them with edgeiad threshold {run}"
+        ) from None
+    return data
 
 
 def run_data_spec(record: dict) -> str:
@@ -125,8 +243,12 @@ def load_model(run: Path):
 
     run = check_run(run)
     config_data = read_json(run / "config.json")
-    spec = get_model(config_data.get("model", {}).get("model", "?"))
-    config = spec.config_cls().from_dict(config_data["model"])
+    spec = get_model(run_model_name(config_data, run))
+    try:
+        config = spec.config_cls().from_dict(config_data["model"])
+        config.validate()
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"{run / 'config.json'} is invalid ({exc}): re-run edgeiad train") from None
     model = spec.model_cls()(config)
     try:
         state = load_file(str(run / "weights.safetensors"))
@@ -138,5 +260,12 @@ def load_model(run: Path):
             f"{run / 'weights.safetensors'} holds {sorted(state)} but {spec.name} expects {sorted(expected)}: "
             "the run folder is mismatched, re-run edgeiad train"
         )
-    model.load_state_dict(state, strict=False)
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that do not fit the config (image size, feature count edited)
+        first = str(exc).strip().splitlines()[-1][:200]
+        raise ArtifactError(
+            f"{run / 'weights.safetensors'} does not fit {run / 'config.json'} ({first}): the run folder is "
+            "mismatched, re-run edgeiad train"
+        ) from None
     return config_data, model.eval()

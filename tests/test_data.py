@@ -221,6 +221,15 @@ def test_corrupt_image_surfaces_through_iter_batches(mvtec: Path) -> None:
         list(iter_batches(dataset.train, Preprocessing(8, 8)))
 
 
+def test_truncated_jpeg_is_refused_in_training(mvtec: Path) -> None:
+    ok, jpeg = cv2.imencode(".jpg", _image(64, 64))
+    broken = mvtec / "train" / "good" / "half.jpg"
+    broken.write_bytes(jpeg.tobytes()[: len(jpeg) * 2 // 3])  # used to decode, gray-filled, into the training set
+    dataset = load_dataset(mvtec)
+    with pytest.raises(DataError, match=f"cannot read image {re.escape(str(broken.resolve()))}: the JPEG is"):
+        list(iter_batches(dataset.train, Preprocessing(8, 8)))
+
+
 def test_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DataNotFoundError, match=f"dataset folder not found: {re.escape(str(tmp_path / 'nope'))}"):
         load_dataset(tmp_path / "nope")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -19,6 +20,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err_console = Console(stderr=True)
+_PROCESS = {"owned": False}  # main() runs as the process itself (console script), not called by a test
+
+
+def owns_process() -> bool:
+    """True when the CLI is the process (it exits after the command), False when called in-process."""
+    return _PROCESS["owned"]
+
 
 from . import bench as _bench  # noqa: E402,F401  (registers commands on `app`)
 from . import export as _export  # noqa: E402,F401
@@ -30,6 +38,7 @@ from . import watch as _watch  # noqa: E402,F401
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: EdgeiadError → one line on stderr and exit 2 (traceback only with --debug)."""
+    _PROCESS["owned"] = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("EDGEIAD_DEBUG") == "1"
     argv = [arg for arg in argv if arg != "--debug"]
@@ -44,3 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/red]")
         sys.exit(130)
+    finally:
+        if _PROCESS["owned"]:
+            # Exiting now: Python resets its handlers to the default at shutdown, so a late second Ctrl-C would
+            # kill the process mid-exit (rc -2) after `watch` wrote its summary; an ignored signal stays ignored.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)

@@ -32,16 +32,19 @@ def export(
     out: Path = typer.Option(
         None, "--out", help="artifact folder (default artifacts/<model>-<target>-<precision>-<stats>)"
     ),
-    force: bool = typer.Option(False, "--force", help="replace an existing artifact folder"),
+    force: bool = typer.Option(False, "--force", help="replace an existing artifact folder (atomically)"),
+    sign: Path = typer.Option(
+        None, "--sign", help="Ed25519 private key (PEM) to sign the manifest with; needs edgeiad[signing]"
+    ),
 ) -> None:
     """Export a trained run to an artifact folder (model + manifest.json [+ stats.safetensors])."""
     from ..errors import ConfigError
     from ..export import export_run
     from ..export.profiles import load_profile
-    from ..runs import check_run, read_json
+    from ..runs import check_run, read_json, run_model_name
 
     settings = load_profile(profile) if profile else {}
-    recorded = read_json(check_run(run) / "config.json")["model"]["model"]
+    recorded = run_model_name(read_json(check_run(run) / "config.json"), run)
     if model and model.lower() != recorded:
         raise ConfigError(f"--run {run} holds a {recorded} model, not {model}: drop MODEL or pick the matching run")
     artifact = export_run(
@@ -54,6 +57,7 @@ def export(
         force=force,
         stats_dtype=stats_dtype,
         echo=_say,
+        sign=sign,
     )
     manifest = json.loads((artifact / "manifest.json").read_text())
     parity = manifest.get("parity") or {}
@@ -70,6 +74,20 @@ def export(
         )
     if manifest.get("deferred"):
         _say(f"deferred TensorRT artifact: on the device run `edgeiad build-engine {artifact}`")
+
+
+@app.command("sign")
+def sign_artifact(
+    artifact: Path = typer.Argument(..., help="artifact folder to sign (after `edgeiad threshold` changed it)"),
+    key: Path = typer.Option(..., "--key", help="Ed25519 private key (PEM); the runtime checks it with --trusted-key"),
+) -> None:
+    """Sign an artifact's manifest (digest of every file) so runtimes given the public key accept it."""
+    from edgeiad_runtime.manifest import load_manifest, write_manifest
+    from edgeiad_runtime.signing import load_private_key
+
+    load_private_key(key)
+    manifest = write_manifest(artifact, load_manifest(artifact), signing_key=key)
+    _say(f"signed {artifact}/manifest.json with key {manifest['integrity']['signature']['key_id']}")
 
 
 @app.command("build-engine")

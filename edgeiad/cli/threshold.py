@@ -35,11 +35,13 @@ def threshold(
     from ..errors import ConfigError
 
     artifact = is_artifact(target)
+    signed = artifact and _is_signed(target)
     if set_image is not None or set_pixel is not None:
         if not artifact:
             raise ConfigError(f"--set needs an artifact folder (with manifest.json); {target} is not one")
         chosen = set_artifact_thresholds(target, set_image, set_pixel)
         console.print(f"{target}/manifest.json: image threshold {chosen['image']}, pixel threshold {chosen['pixel']}")
+        _signature_note(target, signed)
         return
     options = _options(method, image_method, pixel_method, val_anomalous, target_fpr, sigmas, normalization)
     options["categories"] = categories
@@ -48,6 +50,18 @@ def threshold(
     else:
         result = threshold_run(target, options, data=data, device=device)
     _print(result, target, artifact)
+    _signature_note(target, signed)
+
+
+def _is_signed(artifact: Path) -> bool:
+    from edgeiad_runtime.manifest import load_manifest
+
+    return bool((load_manifest(artifact, verify=False).get("integrity") or {}).get("signature"))
+
+
+def _signature_note(artifact: Path, signed: bool) -> None:
+    if signed:  # a signature over the old thresholds cannot vouch for the new ones
+        console.print(f"note: the old signature was removed; re-sign with `edgeiad sign {artifact} --key KEY`")
 
 
 def _options(method, image_method, pixel_method, val_anomalous, target_fpr, sigmas, normalization) -> dict:

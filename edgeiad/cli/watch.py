@@ -31,14 +31,23 @@ def watch(
         False, "--realtime", help="play a file/folder at its frame rate and drop frames like a camera (default: all)"
     ),
     loop: bool = typer.Option(False, "--loop", help="file/folder: start again at the end (soak tests, demos)"),
+    stall_timeout: float = typer.Option(
+        10.0, "--stall-timeout", help="seconds without a frame before a live stream is reported stalled and reopened"
+    ),
+    trusted_key: list[Path] = typer.Option(
+        None, "--trusted-key", help="Ed25519 public key (PEM), repeatable: refuse artifacts not signed by one"
+    ),
 ) -> None:
     """Score every frame of a live source (newest frame first, reconnecting) or a file/folder (every frame).
 
-    One JSON line per scored frame, `reconnect` events and a final `summary` line; Ctrl-C or SIGTERM: exit 0.
+    One JSON line per scored frame, `reconnect`/`stalled`/`skipped`/`frame_error` events and a final `summary`
+    line; Ctrl-C or SIGTERM: exit 0. An output that cannot be written: summary, one error line, exit 2.
     """
+    from ..errors import OutputError
     from ..watch import watch as run_watch
+    from . import owns_process
 
-    run_watch(
+    summary = run_watch(
         artifact,
         source,
         jsonl=jsonl,
@@ -51,4 +60,9 @@ def watch(
         color_order=color_order,
         realtime=realtime,
         loop=loop,
+        stall_timeout=stall_timeout,
+        trusted_keys=trusted_key or None,
+        restore_signals=not owns_process(),  # main() ignores late signals from here on
     )
+    if "output_error" in summary:
+        raise OutputError(summary["output_error"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 
 from ..data import iter_batches, load_dataset
 from ..errors import ConfigError, DataError
-from ..runs import StagingDir, load_model, read_json, run_data_spec, versions
+from ..runs import StagingDir, load_model, run_data_spec, run_thresholds, versions
 from .targets import TARGETS, Target, check_combination, get_target
 
 __all__ = ["TARGETS", "export_run", "parse_batch"]
@@ -23,10 +22,10 @@ CALIBRATION_IMAGES = 32
 def parse_batch(value: str | int | None) -> dict:
     """'dynamic' (max 16) or 'dynamic:N', or a static batch size N ≥ 1."""
     text = str(value if value is not None else "dynamic").strip().lower()
-    if text.startswith("dynamic"):
-        _, _, limit = text.partition(":")
-        maximum = int(limit) if limit.isdigit() and int(limit) > 0 else DEFAULT_MAX_BATCH
-        return {"mode": "dynamic", "size": None, "max": maximum}
+    if text == "dynamic":
+        return {"mode": "dynamic", "size": None, "max": DEFAULT_MAX_BATCH}
+    if text.startswith("dynamic:") and text[8:].isdigit() and int(text[8:]) >= 1:
+        return {"mode": "dynamic", "size": None, "max": int(text[8:])}
     if text.isdigit() and int(text) >= 1:
         return {"mode": "static", "size": int(text), "max": int(text)}
     raise ConfigError(f"--batch {value!r} is invalid: use a positive integer, 'dynamic' or 'dynamic:MAX'")
@@ -43,9 +42,14 @@ def export_run(
     stats_dtype: str = "fp32",
     data: str | None = None,
     echo=None,
+    sign: Path | None = None,
 ) -> Path:
-    """Export a run to `out`; the artifact appears only once it passed its parity check."""
+    """Export a run to `out`; the artifact appears only once it passed its parity check (signed with `sign`)."""
     echo = echo or (lambda message: None)
+    if sign is not None:
+        from edgeiad_runtime.signing import load_private_key
+
+        load_private_key(sign)  # a bad key fails now, not after minutes of export
     spec = get_target(target)
     check_combination(spec, precision, stats)
     if stats_dtype not in ("fp32", "fp16"):
@@ -61,8 +65,7 @@ def export_run(
     _check_out(out, force)
     dataset = load_dataset(data or run_data_spec(record))
     started = time.perf_counter()
-    staging_target = out.with_name(out.name + ".partial") if out.exists() else out
-    with StagingDir(staging_target) as staging:
+    with StagingDir(out) as staging:  # swapped in atomically: --force never leaves `out` missing
         facts = _write_model_files(staging, spec, model, precision, stats, stats_dtype, batch_info, dataset, echo)
         manifest = _manifest(record, model, spec, precision, stats, stats_dtype, batch_info, facts, Path(run))
         _write(staging, manifest)  # the runtime verifies it when the parity check loads the artifact
@@ -72,14 +75,13 @@ def export_run(
         _record, reference = load_model(Path(run))  # untouched fp32 model: the reference
         manifest["parity"] = check_parity(staging, reference, dataset, spec, precision, _eager_scores(Path(run)))
         manifest["export_seconds"] = round(time.perf_counter() - started, 2)
-        _write(staging, manifest)
-    if staging_target != out:
-        shutil.rmtree(out)
-        staging_target.rename(out)
+        _write(staging, manifest, sign)
     return out
 
 
 def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: pass a folder for the artifact")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not force:
             raise ConfigError(f"--out {out} exists and is not empty: choose a new folder or pass --force to replace it")
@@ -87,10 +89,10 @@ def _check_out(out: Path, force: bool) -> None:
             raise ConfigError(f"--force refused: {out} is not an edgeiad artifact folder (no manifest.json)")
 
 
-def _write(folder: Path, manifest: dict) -> None:
+def _write(folder: Path, manifest: dict, sign: Path | None = None) -> None:
     from edgeiad_runtime.manifest import write_manifest
 
-    write_manifest(folder, manifest)
+    write_manifest(folder, manifest, signing_key=sign)
 
 
 def _eager_scores(run: Path):
@@ -190,7 +192,7 @@ def _manifest(record, model, spec: Target, precision, stats, stats_dtype, batch,
     openvino = facts.pop("openvino", None)
     deferred = bool(engine and engine.pop("deferred"))
     model_file = {"onnx": "model.onnx", "openvino": "model.xml", "trt": "model.onnx" if deferred else "model.engine"}
-    thresholds = read_json(run / "thresholds.json")
+    thresholds = run_thresholds(run)
     return {
         "schema_version": 1,
         "format": "edgeiad-artifact",

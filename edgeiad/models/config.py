@@ -10,11 +10,12 @@ from edgeiad_runtime.preprocess import Preprocessing
 
 from ..errors import ConfigError
 
+MAX_IMAGE_SIZE = 2048  # larger inputs exhaust memory in feature extraction long before they help accuracy
 RESIZE_MODES = ("aspect", "squash")
 
 
 def _multiple_of_16(value: float) -> int:
-    return max(32, int(round(value / 16.0)) * 16)
+    return min(MAX_IMAGE_SIZE, max(32, int(round(value / 16.0)) * 16))
 
 
 @dataclass
@@ -71,8 +72,12 @@ class ModelConfig:
 
     def validate(self) -> None:
         h, w = self.image_size
-        if h < 32 or w < 32 or h % 16 or w % 16:
-            raise ConfigError(f"image size {h}x{w} is not supported: use multiples of 16, at least 32 (e.g. 256)")
+        if h < 32 or w < 32 or h % 16 or w % 16 or max(h, w) > MAX_IMAGE_SIZE:
+            raise ConfigError(
+                f"image size {h}x{w} is not supported: use multiples of 16 from 32 to {MAX_IMAGE_SIZE} (e.g. 256)"
+            )
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed {self.seed!r} is not supported: use an integer from 0 to 4294967295")
         if self.resize not in RESIZE_MODES:
             raise ConfigError(f"resize {self.resize!r} is invalid: use one of {', '.join(RESIZE_MODES)}")
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import sys
 import threading
@@ -13,7 +15,7 @@ from typing import IO
 
 import cv2
 import numpy as np
-from edgeiad_runtime.errors import ConfigError, DataError
+from edgeiad_runtime.errors import ConfigError, DataError, OutputError
 from edgeiad_runtime.postprocess import heat_overlay
 from edgeiad_runtime.preprocess import to_rgb_uint8
 
@@ -28,19 +30,27 @@ def _clean(value: object) -> object:
 
 
 class JsonlSink:
-    """JSON lines to stdout, or appended to a file (events are then also echoed to stdout); thread-safe."""
+    """JSON lines to stdout, or appended to a file (events are then also echoed to stdout); thread-safe.
+
+    A write the disk refuses (full, read-only, I/O error) never leaves a cut line: the file is truncated
+    back to its last complete line and closed, `error` says why, and `on_error` is called once, so the
+    watcher can stop cleanly; later events (the summary) still reach stdout.
+    """
 
     def __init__(self, path: str | Path | None = None, stream: IO[str] | None = None) -> None:
         self._lock = threading.Lock()
-        self._file: IO[str] | None = None
+        self._fd: int | None = None  # raw descriptor: a failed write leaves no buffered half line to flush later
         self._stream = stream
+        self.path = Path(path) if path is not None else None
+        self.error: str | None = None
+        self.on_error = None  # called with the message when an output fails
         if path is not None:
             path = Path(path)
             if path.is_dir():
                 raise DataError(f"--jsonl {path} is a folder: pass a file name")
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(path, "a", buffering=1, encoding="utf-8")  # closed in close()
+                self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # closed in close()
             except OSError as exc:
                 raise DataError(f"cannot write --jsonl {path} ({exc.strerror or exc})") from None
 
@@ -48,27 +58,53 @@ class JsonlSink:
         return self._stream if self._stream is not None else sys.stdout
 
     def write(self, record: dict, event: bool = False) -> None:
-        line = json.dumps({k: _clean(v) for k, v in record.items()})
+        line = json.dumps({k: _clean(v) for k, v in record.items()}) + "\n"
+        failed = None
         with self._lock:
-            targets = [self._file] if self._file is not None else [self._out()]
-            if event and self._file is not None:
-                targets.append(self._out())
-            for target in targets:
-                try:
-                    target.write(line + "\n")
-                    target.flush()
-                except BrokenPipeError:  # stdout piped into `head`: keep scoring, stop echoing
-                    pass
+            if self._fd is not None:
+                failed = self._append(line.encode("utf-8"))
+            if self._fd is None or event:
+                failed = self._echo(line) or failed
+        if failed and self.on_error is not None:
+            self.on_error(failed)
+
+    def _append(self, data: bytes) -> str | None:
+        descriptor, position = self._fd, None
+        try:
+            position = os.lseek(descriptor, 0, os.SEEK_END)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(descriptor, view) :]
+            return None
+        except OSError as exc:
+            self._fd = None
+            self.error = f"cannot write --jsonl {self.path} ({exc.strerror or exc}): free disk space or move it"
+            if position is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(descriptor, position)  # shrinking works on a full disk: no half line is left
+            os.close(descriptor)
+            return self.error
+
+    def _echo(self, line: str) -> str | None:
+        try:
+            self._out().write(line)
+            self._out().flush()
+        except BrokenPipeError:  # stdout piped into `head`: keep scoring, stop echoing
+            pass
+        except OSError as exc:  # stdout redirected to a full disk
+            if self.error is None:
+                self.error = f"cannot write to stdout ({exc.strerror or exc}): free disk space"
+                return self.error
+        return None
 
     def event(self, record: dict) -> None:
         self.write(record, event=True)
 
     def close(self) -> None:
         with self._lock:
-            file, self._file = self._file, None
-            if file is not None:
-                file.flush()
-                file.close()
+            descriptor, self._fd = self._fd, None
+            if descriptor is not None:
+                os.close(descriptor)
 
 
 class MapScaler:
@@ -143,7 +179,8 @@ class Evidence:
             stem = f"{stamp}Z_frame{frame.index:06d}_score{score:.3f}"
             for name, image in ((f"{stem}.png", bgr), (f"{stem}_overlay.png", overlay)):
                 if not cv2.imwrite(str(self.folder / name), image):
-                    raise DataError(f"cannot write {self.folder / name}: check free space and permissions")
+                    (self.folder / name).unlink(missing_ok=True)  # a cut PNG must not look like evidence
+                    raise OutputError(f"cannot write {self.folder / name}: free disk space or check permissions")
             self.saved += 1
         if self.video is not None:
             self._write_video(overlay)
@@ -154,16 +191,27 @@ class Evidence:
             self._writer = cv2.VideoWriter(str(self.video), cv2.VideoWriter_fourcc(*"mp4v"), self.video_fps, self._size)
             if not self._writer.isOpened():
                 self._writer = None
-                raise DataError(f"cannot write --overlay-video {self.video}: OpenCV has no mp4v encoder here")
+                raise OutputError(f"cannot write --overlay-video {self.video}: OpenCV has no mp4v encoder here")
         if (overlay.shape[1], overlay.shape[0]) != self._size:
             overlay = cv2.resize(overlay, self._size, interpolation=cv2.INTER_AREA)
         self._writer.write(overlay)
         self.video_frames += 1
 
     def close(self) -> None:
+        """Finish the video and check it: OpenCV's writer reports no write error, so read it back."""
         writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.release()
+        if writer is None:
+            return
+        writer.release()
+        capture = cv2.VideoCapture(str(self.video))
+        readable = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+        capture.release()
+        if readable != self.video_frames:
+            written, self.video_frames = self.video_frames, readable
+            raise OutputError(
+                f"--overlay-video {self.video} is damaged ({readable} of {written} frames readable): "
+                "free disk space or write it elsewhere"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- the loop

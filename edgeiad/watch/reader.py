@@ -107,6 +107,8 @@ class FrameReader(threading.Thread):
         self.read_count = 0
         self.reconnects = 0
         self.error: str | None = None  # why a finite source ended early
+        self.open_error: Exception | None = None  # a finite source that could not open: raised by the watcher
+        self.last_frame_at = perf_counter()  # for the watcher's stall check
 
     def run(self) -> None:
         try:
@@ -132,12 +134,14 @@ class FrameReader(threading.Thread):
                     failures += 1
                     self._wait(failures, reason)
                     continue
+            began = perf_counter()
             try:
                 ok, image = self.source.read()
             except Exception as exc:
                 ok, image, reason = False, None, f"read failed: {type(exc).__name__}: {exc}"
             else:
-                reason = "read returned no frame"
+                waited = perf_counter() - began
+                reason = f"no frame for {waited:.1f} s (stalled)" if waited >= 1.0 else "read returned no frame"
             if not ok or image is None:
                 if not self.source.live:
                     return  # end of the file or folder: a clean stop
@@ -147,6 +151,7 @@ class FrameReader(threading.Thread):
                 self._wait(failures, reason)
                 continue
             failures = 0  # a good frame resets the backoff
+            self.last_frame_at = perf_counter()
             if self._interval is not None:
                 due = max(due + self._interval, perf_counter())
                 self.stop.wait(max(due - perf_counter(), 0.0))
@@ -161,10 +166,13 @@ class FrameReader(threading.Thread):
         try:
             opened = self.source.open()
         except Exception as exc:
+            self.open_error = exc
             return str(exc) or type(exc).__name__
         if opened is False:
             return "open() returned False"
         self._opened = True
+        self.open_error = None
+        self.last_frame_at = perf_counter()  # a fresh connection gets a full stall timeout
         return None
 
     def _wait(self, attempt: int, reason: str) -> None:

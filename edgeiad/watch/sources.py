@@ -9,7 +9,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from edgeiad_runtime.errors import ConfigError, DataError, DataNotFoundError
+from edgeiad_runtime.decode import decode_image_file
+from edgeiad_runtime.errors import ConfigError, DataError, DataNotFoundError, EdgeiadError
 from edgeiad_runtime.preprocess import IMAGE_SUFFIXES
 
 COLOR_ORDERS = ("BGR", "RGB")
@@ -17,6 +18,8 @@ VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv")
 DEFAULT_VIDEO_FPS = 10.0  # overlay video / --realtime pacing when the source does not say its rate
 LATENCY_SAMPLES = 20_000  # latency percentiles come from a uniform reservoir of this many frames
 JOIN_TIMEOUT_S = 5.0  # a camera driver stuck in read() must not keep the process alive on shutdown
+STALL_TIMEOUT_S = 10.0  # a live source silent this long is reopened (OpenCV's own default is ~30 s)
+URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://", "srt://")
 
 EventSink = Callable[[dict], None]
 
@@ -57,6 +60,7 @@ class FrameSource:
     live: bool = False
     fps: float | None = None
     label: str | None = None
+    skipped: int = 0  # files refused as unreadable (folder sources)
 
     def open(self) -> bool | None:
         raise NotImplementedError
@@ -71,18 +75,25 @@ class FrameSource:
 class CaptureSource(FrameSource):
     """cv2.VideoCapture over a camera index ("0"), a stream URL (rtsp://, http://) or a video file."""
 
-    def __init__(self, spec: str, loop: bool = False) -> None:
+    def __init__(self, spec: str, loop: bool = False, stall_timeout: float = STALL_TIMEOUT_S) -> None:
         self.name = spec
         self.live = spec.isdigit() or "://" in spec
         self._target: int | str = int(spec) if spec.isdigit() else spec
         self._loop = loop and not self.live
         self._capture: cv2.VideoCapture | None = None
         self._first: np.ndarray | None = None
+        self._params: list[int] = []
+        if spec.lower().startswith(URL_SCHEMES):  # FFmpeg's own timeouts; other backends refuse unknown params
+            milliseconds = max(int(stall_timeout * 1000), 1)
+            self._params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, milliseconds, cv2.CAP_PROP_READ_TIMEOUT_MSEC, milliseconds]
 
     def open(self) -> bool:
         self.close()
         with _QuietOpenCV():
-            capture = cv2.VideoCapture(self._target)
+            if self._params:
+                capture = cv2.VideoCapture(self._target, cv2.CAP_ANY, self._params)
+            else:
+                capture = cv2.VideoCapture(self._target)
             if not capture.isOpened():
                 capture.release()
                 if isinstance(self._target, int):
@@ -126,17 +137,28 @@ class CaptureSource(FrameSource):
 
 
 class FolderSource(FrameSource):
-    """The images of a folder (sorted by name, each once; `loop` starts again at the end)."""
+    """The images of a folder (sorted by name, each once; `loop` starts again at the end).
+
+    A file that cannot be decoded (damaged, truncated, larger than the pixel cap) is skipped with a
+    `skipped` event naming it, and counted; the rest of the folder is still scored.
+    """
 
     live = False
 
-    def __init__(self, folder: str | Path, loop: bool = False, on_event: EventSink | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        loop: bool = False,
+        on_event: EventSink | None = None,
+        max_pixels: int | None = None,
+    ) -> None:
         self.folder = Path(folder)
         self.name = str(folder)
         self._loop = loop
         self._files: list[Path] = []
         self._index = 0
         self._unreadable: set[Path] = set()
+        self._max_pixels = max_pixels
         self.on_event = on_event
 
     def open(self) -> bool:
@@ -158,21 +180,28 @@ class FolderSource(FrameSource):
             self._index += 1
             if path in self._unreadable:
                 continue
-            with _QuietOpenCV():
-                frame = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if frame is not None and frame.size:
-                self.label = path.name
-                return True, frame
-            self._unreadable.add(path)
-            if self.on_event is not None:
-                self.on_event({"event": "skipped", "path": str(path), "reason": "not a readable image"})
+            try:
+                frame = decode_image_file(path, self._max_pixels)
+            except (EdgeiadError, OSError, MemoryError, cv2.error) as exc:  # one bad file must not end the folder
+                self._skip(path, str(exc) or type(exc).__name__)
+                continue
+            self.label = path.name
+            return True, frame
+
+    def _skip(self, path: Path, reason: str) -> None:
+        self._unreadable.add(path)
+        self.skipped += 1
+        if self.on_event is not None:
+            self.on_event({"event": "skipped", "path": str(path), "reason": reason, "time": _now_iso()})
 
 
 class ImageFileSource(FolderSource):
     """A single image file, scored once (or forever with `loop`)."""
 
-    def __init__(self, path: str | Path, loop: bool = False, on_event: EventSink | None = None) -> None:
-        super().__init__(Path(path).parent, loop, on_event)
+    def __init__(
+        self, path: str | Path, loop: bool = False, on_event: EventSink | None = None, max_pixels: int | None = None
+    ) -> None:
+        super().__init__(Path(path).parent, loop, on_event, max_pixels)
         self.name = str(path)
         self._path = Path(path)
 
@@ -181,24 +210,30 @@ class ImageFileSource(FolderSource):
         return True
 
 
-def open_source(spec: str, loop: bool = False, on_event: EventSink | None = None) -> FrameSource:
+def open_source(
+    spec: str,
+    loop: bool = False,
+    on_event: EventSink | None = None,
+    stall_timeout: float = STALL_TIMEOUT_S,
+    max_pixels: int | None = None,
+) -> FrameSource:
     """Turn --source into a FrameSource: camera index, URL, folder of images, image file or video file."""
     spec = str(spec).strip()
     if not spec:
         raise ConfigError("--source is empty: pass a camera index (0), a video file, an rtsp:// URL or a folder")
     if spec.isdigit() or "://" in spec:
-        return CaptureSource(spec)
+        return CaptureSource(spec, stall_timeout=stall_timeout)
     path = Path(spec)
     if path.is_dir():
-        return FolderSource(path, loop=loop, on_event=on_event)
+        return FolderSource(path, loop=loop, on_event=on_event, max_pixels=max_pixels)
     if not path.exists():
         raise DataNotFoundError(
             f"source not found: {spec} (pass a camera index such as 0, a video file, an rtsp:// or http:// URL, "
             "or a folder of images)"
         )
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return ImageFileSource(path, loop=loop, on_event=on_event)
-    return CaptureSource(spec, loop=loop)
+        return ImageFileSource(path, loop=loop, on_event=on_event, max_pixels=max_pixels)
+    return CaptureSource(spec, loop=loop, stall_timeout=stall_timeout)
 
 
 # ----------------------------------------------------------------------------------------- frame hand-off

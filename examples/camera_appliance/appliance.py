@@ -23,6 +23,12 @@ def main() -> int:
     parser.add_argument("--source", default="0", help="camera index, video file or rtsp:// URL (default 0)")
     parser.add_argument("--evidence", type=Path, default=Path("evidence"), help="folder for anomalous frames")
     parser.add_argument(
+        "--trusted-key",
+        action="append",
+        default=[os.environ["EDGEIAD_TRUSTED_KEY"]] if os.environ.get("EDGEIAD_TRUSTED_KEY") else None,
+        help="Ed25519 public key (PEM): refuse artifacts not signed by it (default $EDGEIAD_TRUSTED_KEY)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=int(os.environ.get("EDGEIAD_THREADS", "0")) or None,
@@ -34,7 +40,7 @@ def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     try:
-        detector = Detector.load(args.artifact, threads=args.threads)
+        detector = Detector.load(args.artifact, threads=args.threads, trusted_keys=args.trusted_key)
     except EdgeiadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -50,8 +56,12 @@ def main() -> int:
             ok, frame = capture.read()
             if not ok:  # end of a file, or a camera/stream that went away
                 break
-            result = detector.predict(frame, color_order="BGR")  # OpenCV delivers BGR
             index, frames = frames, frames + 1  # 0-based frame number, as in `edgeiad watch`
+            try:
+                result = detector.predict(frame, color_order="BGR")  # OpenCV delivers BGR
+            except EdgeiadError as exc:  # a bad frame or a NaN score: never a pass, and the line goes on
+                print(f"frame {index} ERROR {exc}", file=sys.stderr, flush=True)
+                continue
             if result.is_anomalous:
                 flagged += 1
                 stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"

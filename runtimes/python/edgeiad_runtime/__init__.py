@@ -2,7 +2,16 @@
 
 from .backends import BackendFallbackWarning, available_backends
 from .detector import Detector, Result
-from .errors import ArtifactError, ConfigError, DataError, DataNotFoundError, EdgeiadError, MissingExtraError
+from .errors import (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    DataNotFoundError,
+    EdgeiadError,
+    MissingExtraError,
+    NonFiniteScoreError,
+    OutputError,
+)
 from .manifest import SCHEMA_VERSION, load_manifest, validate_manifest, write_manifest
 from .preprocess import Preprocessing, preprocess, preprocess_batch, read_image, to_rgb_uint8
 
@@ -18,6 +27,8 @@ __all__ = [
     "Detector",
     "EdgeiadError",
     "MissingExtraError",
+    "NonFiniteScoreError",
+    "OutputError",
     "Preprocessing",
     "Result",
     "__version__",

@@ -19,7 +19,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
     parser.add_argument("--device", default=None, help="cpu / cuda / CPU / GPU (backend-specific)")
     parser.add_argument("--threads", type=int, default=None, help="inference threads (backend default if omitted)")
-    parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the artifact files")
+    parser.add_argument("--no-verify", action="store_true", help="skip the digest and sha256 checks of the artifact")
+    parser.add_argument(
+        "--trusted-key",
+        action="append",
+        default=None,
+        metavar="PEM",
+        help="Ed25519 public key; repeat for several: refuse artifacts not signed by one of them (extra: signing)",
+    )
     return parser
 
 
@@ -28,7 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         detector = Detector.load(
-            args.artifact, backend=args.backend, device=args.device, threads=args.threads, verify=not args.no_verify
+            args.artifact,
+            backend=args.backend,
+            device=args.device,
+            threads=args.threads,
+            verify=not args.no_verify,
+            trusted_keys=args.trusted_key,
         )
     except (EdgeiadError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
@@ -13,7 +15,7 @@ import cv2
 import numpy as np
 
 from .backends.base import Backend, choose_backend, create_backend
-from .errors import ArtifactError, DataError, DataNotFoundError, EdgeiadError
+from .errors import ArtifactError, DataError, DataNotFoundError, EdgeiadError, NonFiniteScoreError
 from .manifest import MANIFEST_NAME, preprocessing_of
 from .manifest import load_manifest as _load_manifest
 from .postprocess import ScoreSpec, resize_map
@@ -75,7 +77,20 @@ def _load_stats(folder: Path, manifest: dict) -> dict[str, np.ndarray]:
         raise ArtifactError(
             f"{path} holds tensors {sorted(tensors)} but {MANIFEST_NAME} lists {sorted(stats['tensors'])}: re-export"
         )
+    for name, value in tensors.items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ArtifactError(f"{path} tensor {name!r} holds NaN or infinite values: re-export the artifact")
     return tensors
+
+
+def _check_finite(anomaly_map: np.ndarray, pred_score: np.ndarray, first: int) -> None:
+    """Fail closed: a NaN or infinite output is an error, never a result that could pass a part."""
+    for offset in range(len(pred_score)):
+        if not (np.isfinite(pred_score[offset]) and np.isfinite(anomaly_map[offset]).all()):
+            raise NonFiniteScoreError(
+                f"image {first + offset}: the model returned a NaN or infinite score or map, so the image is not "
+                "scored (never a pass): the artifact, its statistics or the backend is faulty; re-export it"
+            )
 
 
 class Detector:
@@ -83,10 +98,14 @@ class Detector:
 
     default_color_order = "BGR"  # frames from OpenCV (cv2.VideoCapture, cv2.imread) are BGR
 
-    def __init__(self, folder: Path, manifest: dict, backend: Backend) -> None:
+    def __init__(self, folder: Path, manifest: dict, backend: Backend, max_pixels: int | None = None) -> None:
         self.folder = folder
         self._manifest = manifest
         self._backend: Backend | None = backend
+        self._max_pixels = max_pixels
+        self._calls = 0  # predictions in flight: close() frees the backend only once they are done
+        self._closing = False
+        self._lock = threading.Lock()
         self._spec = preprocessing_of(manifest)
         self._scores = ScoreSpec.from_manifest(manifest)
         batch = manifest["batch"]
@@ -102,13 +121,21 @@ class Detector:
         device: str | None = None,
         threads: int | None = None,
         verify: bool = True,
+        trusted_keys: Sequence | None = None,
+        max_pixels: int | None = None,
     ) -> Detector:
-        """Load an artifact folder; `verify` checks every file's sha256 against the manifest first."""
+        """Load an artifact folder, refusing anything that does not match its manifest.
+
+        verify: check the manifest's digest and every file's sha256 first. trusted_keys: Ed25519 public keys
+        (PEM paths or bytes); the artifact must be signed by one of them. max_pixels: refuse image files
+        larger than this, from their header (default $EDGEIAD_MAX_PIXELS or 8192²).
+        """
         folder = _artifact_folder(path)
-        manifest = _load_manifest(folder, verify=verify)
+        manifest = _load_manifest(folder, verify=verify, trusted_keys=trusted_keys)
         constants = _load_stats(folder, manifest)
         choice = choose_backend(manifest, folder, backend)
-        return cls(folder, manifest, create_backend(choice, folder, manifest, constants, device, threads))
+        created = create_backend(choice, folder, manifest, constants, device, threads)
+        return cls(folder, manifest, created, max_pixels)
 
     @property
     def manifest(self) -> dict:
@@ -131,9 +158,27 @@ class Detector:
         return self._spec.height, self._spec.width
 
     def _live(self) -> Backend:
-        if self._backend is None:
+        backend = self._backend
+        if backend is None or self._closing:
             raise EdgeiadError(f"the detector for {self.folder} is closed: load it again")
-        return self._backend
+        return backend
+
+    @contextmanager
+    def _in_use(self) -> Iterator[Backend]:
+        """Hold the backend for one call; a close() meanwhile waits for the call to finish before freeing it."""
+        with self._lock:
+            backend = self._live()
+            self._calls += 1
+        try:
+            yield backend
+        finally:
+            with self._lock:
+                self._calls -= 1
+                release = self._closing and self._calls == 0 and self._backend is not None
+                if release:
+                    backend, self._backend = self._backend, None
+            if release:
+                backend.close()
 
     def predict(self, image: ImageInput, color_order: str | None = None) -> Result:
         """Score one image (path or HxW / HxWx1 / HxWx3 array in `color_order`, default BGR)."""
@@ -145,7 +190,7 @@ class Detector:
             images = list(images)  # an NxHxWxC stack is a batch of HxWxC frames
         if not isinstance(images, (list, tuple)):
             raise DataError(f"images is a {type(images).__name__}: pass a list of arrays or paths")
-        backend = self._live()
+        self._live()
         if not images:
             return []
         order = self._color_order(color_order)
@@ -157,7 +202,8 @@ class Detector:
             tensors.append(preprocess(rgb, self._spec))
             del rgb  # large frames: keep only the small model input alive
             pre_ms.append(_ms(start))
-        maps, scores, infer_ms = self._infer(backend, np.stack(tensors))
+        with self._in_use() as backend:
+            maps, scores, infer_ms = self._infer(backend, np.stack(tensors))
         return [self._result(maps[i], float(scores[i]), sizes[i], pre_ms[i], infer_ms[i]) for i in range(len(images))]
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -169,7 +215,8 @@ class Detector:
             raise DataError(f"batch is {batch.dtype} {batch.shape}: pass a preprocessed float32 Nx{want} array")
         if len(batch) == 0:
             return np.zeros((0, *expected[1:]), np.float32), np.zeros(0, np.float32)
-        maps, scores, _ = self._infer(self._live(), np.ascontiguousarray(batch))
+        with self._in_use() as backend:
+            maps, scores, _ = self._infer(backend, np.ascontiguousarray(batch))
         return maps, scores
 
     def _color_order(self, color_order: str | None) -> str:
@@ -178,11 +225,10 @@ class Detector:
             raise DataError(f"color_order is {order!r}: use 'RGB' or 'BGR' (the order of the array's channels)")
         return order.upper()
 
-    @staticmethod
-    def _to_rgb(image: ImageInput, order: str, source: str) -> np.ndarray:
+    def _to_rgb(self, image: ImageInput, order: str, source: str) -> np.ndarray:
         try:
             if isinstance(image, (str, os.PathLike)):
-                return read_image(image)
+                return read_image(image, self._max_pixels)
             if isinstance(image, np.ndarray) and image.dtype != object and not image.flags.c_contiguous:
                 image = np.ascontiguousarray(image)  # OpenCV needs unit-stride pixels (views, flips, crops)
             return to_rgb_uint8(image, source=source, color_order=order)
@@ -207,6 +253,7 @@ class Detector:
             out = backend.run({"image": part})
             elapsed = _ms(start)
             anomaly_map, pred_score = self._check_outputs(out, len(part))
+            _check_finite(anomaly_map[:real], pred_score[:real], begin)
             maps.append(anomaly_map[:real, 0])
             scores.append(pred_score[:real])
             times += [elapsed / real] * real  # each image is charged its share of the chunk
@@ -244,8 +291,11 @@ class Detector:
         )
 
     def close(self) -> None:
-        """Release the backend; further predictions raise."""
-        backend, self._backend = self._backend, None
+        """Release the backend (after the predictions still running); further predictions raise."""
+        with self._lock:
+            self._closing = True
+            release = self._calls == 0 and self._backend is not None
+            backend, self._backend = (self._backend, None) if release else (None, self._backend)
         if backend is not None:
             backend.close()
 
@@ -256,5 +306,5 @@ class Detector:
         self.close()
 
     def __repr__(self) -> str:
-        state = self._backend.name if self._backend is not None else "closed"
+        state = self._backend.name if self._backend is not None and not self._closing else "closed"
         return f"Detector({str(self.folder)!r}, model={self._manifest['model']['name']!r}, backend={state!r})"

@@ -23,6 +23,14 @@ class ConfigError(EdgeiadError, ValueError):
     """An option, model, target or precision is unknown or the combination is unsupported."""
 
 
+class NonFiniteScoreError(ArtifactError):
+    """The model returned a NaN or infinite score or map: never a pass, the artifact or its statistics are faulty."""
+
+
+class OutputError(EdgeiadError, OSError):
+    """A file or folder cannot be written (disk full, read-only, permissions); the message names it."""
+
+
 class MissingExtraError(EdgeiadError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 

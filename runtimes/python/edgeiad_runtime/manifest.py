@@ -11,12 +11,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .decode import MAX_SIDE
 from .errors import ArtifactError, DataError, DataNotFoundError
+from .files import atomic_write, unreadable
 from .preprocess import Preprocessing
 
 SCHEMA_VERSION = 1
@@ -35,6 +36,10 @@ OUTPUT_NAMES = ("anomaly_map", "pred_score")
 # Files with these suffixes change what the model computes: one present but not hashed is refused.
 MODEL_SUFFIXES = (".onnx", ".data", ".xml", ".bin", ".engine", ".plan", ".trt", ".safetensors")
 REEXPORT = "re-export the artifact with `edgeiad export`"
+INTEGRITY = "integrity"  # the digest (and optional signature) over everything else in the manifest
+MAX_MANIFEST_BYTES = 16 << 20  # real manifests are a few KB: a larger one is corrupt, not worth parsing
+MAX_BATCH = 4096
+MAX_DEPTH = 32  # real manifests nest 4 deep; copying or hashing a 100k-deep one would exhaust the stack
 _HASH_CHUNK = 1 << 20
 
 
@@ -69,7 +74,12 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float range (10**400) is no threshold either
+        return False
 
 
 def _is_str(value: object) -> bool:
@@ -92,8 +102,8 @@ def _is_file_name(value: object) -> bool:
 def _is_shape(value: object, rank: int) -> bool:
     if not isinstance(value, list) or len(value) != rank:
         return False
-    return (value[0] == DYNAMIC_BATCH or (_is_int(value[0]) and value[0] > 0)) and all(
-        _is_int(v) and v > 0 for v in value[1:]
+    return (value[0] == DYNAMIC_BATCH or (_is_int(value[0]) and 0 < value[0] <= MAX_BATCH)) and all(
+        _is_int(v) and 0 < v <= MAX_SIDE for v in value[1:]
     )
 
 
@@ -101,6 +111,8 @@ def validate_manifest(manifest: dict) -> None:
     """Raise ArtifactError naming the first missing or malformed key of a schema-1 manifest."""
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{MANIFEST_NAME} is a {type(manifest).__name__}, not an object; {REEXPORT}")
+    if _depth(manifest) > MAX_DEPTH:
+        raise ArtifactError(f"{MANIFEST_NAME} nests deeper than {MAX_DEPTH} levels: it is corrupt; {REEXPORT}")
     version = _get(manifest, "schema_version", "schema_version", _is_int, "an integer")
     if version != SCHEMA_VERSION:
         raise ArtifactError(
@@ -123,6 +135,32 @@ def validate_manifest(manifest: dict) -> None:
     _validate_io(manifest)
     _validate_stats(manifest)
     _validate_scores(manifest)
+    if manifest.get(INTEGRITY) is not None and not _is_integrity(manifest[INTEGRITY]):
+        raise _fail(INTEGRITY, "is malformed: expected an object with a 64-char hex 'digest'")
+
+
+def _depth(value: object) -> int:
+    """Nesting depth of JSON data, without recursion (a hostile file may nest beyond the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if deepest > MAX_DEPTH:
+                break
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _is_integrity(value: object) -> bool:
+    if not isinstance(value, dict) or not _is_hex(value.get("digest")):
+        return False
+    signature = value.get("signature")
+    return signature is None or (isinstance(signature, dict) and all(map(_is_str, signature.values())))
+
+
+def _is_hex(text: object) -> bool:
+    return _is_str(text) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def _is_str_map(value: object) -> bool:
@@ -130,10 +168,7 @@ def _is_str_map(value: object) -> bool:
 
 
 def _is_hex_map(value: object) -> bool:
-    def is_hex(text: object) -> bool:
-        return _is_str(text) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
-
-    return isinstance(value, dict) and all(_is_file_name(k) and is_hex(v) for k, v in value.items())
+    return isinstance(value, dict) and all(_is_file_name(k) and _is_hex(v) for k, v in value.items())
 
 
 def _validate_files(manifest: dict, target: str) -> None:
@@ -189,16 +224,17 @@ def _preprocessing(manifest: dict) -> Preprocessing:
     data = _section(manifest, "preprocessing")
     try:
         spec = Preprocessing.from_dict(data)
-    except (DataError, TypeError, ValueError) as exc:
+    except (DataError, TypeError, ValueError, OverflowError) as exc:
         raise _fail("preprocessing", f"is invalid ({exc})") from None
     if len(spec.mean) != 3 or len(spec.std) != 3:
         raise _fail("preprocessing", "needs 3 mean and 3 std values")
-    if not (_is_int(spec.height) and _is_int(spec.width) and spec.height > 0 and spec.width > 0):
-        raise _fail("preprocessing", "needs positive integer height and width")
+    if not all(_is_int(side) and 0 < side <= MAX_SIDE for side in (spec.height, spec.width)):
+        raise _fail("preprocessing", f"needs integer height and width in 1..{MAX_SIDE}")
     if spec.channel_order not in ("RGB", "BGR") or spec.layout != "NCHW" or spec.dtype != "float32":
         raise _fail("preprocessing", "needs channel_order RGB|BGR, layout NCHW and dtype float32")
-    if any(not math.isfinite(s) or s == 0 for s in spec.std) or not all(math.isfinite(m) for m in spec.mean):
-        raise _fail("preprocessing", "needs finite mean and finite non-zero std")
+    # float32 is what preprocess() computes in: a mean or std beyond its range turns every pixel into inf or 0.
+    if not all(abs(m) < 1e30 for m in spec.mean) or not all(1e-30 < abs(s) < 1e30 for s in spec.std):
+        raise _fail("preprocessing", "needs mean and non-zero std within float32 range (|value| < 1e30)")
     return spec
 
 
@@ -243,31 +279,82 @@ def listed_files(manifest: dict) -> list[str]:
     return sorted(set(manifest["sha256"]) | set(named))
 
 
-def load_manifest(folder: str | Path, verify: bool = True) -> dict:
-    """Read and validate an artifact's manifest; with `verify`, check every file's sha256 and refuse strays."""
+def load_manifest(folder: str | Path, verify: bool = True, trusted_keys: Sequence | None = None) -> dict:
+    """Read and validate a manifest; `verify`: digest, file hashes, no strays; `trusted_keys`: a valid signature."""
     folder = Path(folder)
+    if trusted_keys and not verify:
+        raise ArtifactError("trusted keys need verify=True: a signature vouches only for files whose hash is checked")
+    manifest = _read_manifest(folder)
+    validate_manifest(manifest)
+    check_files(folder, manifest, verify=verify)
+    if verify:
+        check_integrity(folder, manifest, trusted_keys)
+    return manifest
+
+
+def _read_manifest(folder: Path) -> dict:
     if not folder.is_dir():
         raise DataNotFoundError(
             f"artifact folder not found: {folder} (check the path, or export one with `edgeiad export`)"
         )
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise unreadable(folder, folder)
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise ArtifactError(f"{folder} has no {MANIFEST_NAME}: it is not an edgeiad artifact; {REEXPORT}")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc}); {REEXPORT}") from None
-    validate_manifest(manifest)
-    check_files(folder, manifest, verify=verify)
-    return manifest
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_MANIFEST_BYTES + 1)
+    except PermissionError:
+        raise unreadable(path, folder) from None
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path} ({exc.strerror or exc}); check the disk or {REEXPORT}") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes: it is corrupt; {REEXPORT}")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or a 5000-digit number
+        problem = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ArtifactError(f"{path} is not valid JSON ({problem}); {REEXPORT}") from None
+
+
+def canonical_bytes(manifest: dict) -> bytes:
+    """The manifest without its integrity block, as sorted compact JSON: what the digest and signature cover."""
+    body = {key: value for key, value in manifest.items() if key != INTEGRITY}
+    try:
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    except ValueError:  # NaN or infinity in an unchecked section: never written by edgeiad
+        raise ArtifactError(f"{MANIFEST_NAME} holds NaN or infinite numbers; {REEXPORT}") from None
+
+
+def check_integrity(folder: Path, manifest: dict, trusted_keys: Sequence | None = None) -> None:
+    """Refuse a manifest whose content changed since it was written, or (with keys) one not signed by them."""
+    integrity = manifest.get(INTEGRITY)
+    path = folder / MANIFEST_NAME
+    if integrity is None:
+        raise ArtifactError(
+            f"{path} has no integrity digest (exported by an older edgeiad?): {REEXPORT}, or re-hash a trusted "
+            "folder with edgeiad_runtime.manifest.write_manifest"
+        )
+    body = canonical_bytes(manifest)
+    if hashlib.sha256(body).hexdigest() != integrity["digest"]:
+        raise ArtifactError(
+            f"{path} does not match its integrity digest (edited, corrupted or tampered with); {REEXPORT}"
+        )
+    if trusted_keys:
+        from .signing import verify_signature
+
+        verify_signature(body, integrity.get("signature"), trusted_keys, path)
 
 
 def check_files(folder: Path, manifest: dict, verify: bool = True) -> None:
-    """Refuse missing or unhashed listed files; with `verify`, also bad hashes and unlisted model files."""
+    """Refuse missing, unreadable or unhashed listed files; with `verify`, also bad hashes and unlisted model files."""
     hashes = manifest["sha256"]
     for name in listed_files(manifest):
         if not (folder / name).is_file():
             raise ArtifactError(f"{folder / name} is listed in {MANIFEST_NAME} but missing; {REEXPORT}")
+        if not os.access(folder / name, os.R_OK):
+            raise unreadable(folder / name, folder)
         if name not in hashes:
             raise ArtifactError(f"{name} is named in {MANIFEST_NAME} 'files' but has no sha256 entry; {REEXPORT}")
     if not verify:
@@ -276,6 +363,8 @@ def check_files(folder: Path, manifest: dict, verify: bool = True) -> None:
         if path.is_file() and path.suffix.lower() in MODEL_SUFFIXES and path.name not in hashes:
             raise ArtifactError(f"{path} is a model file not listed in {MANIFEST_NAME}: remove it or {REEXPORT}")
     for name, expected in sorted(hashes.items()):
+        if not os.access(folder / name, os.R_OK):
+            raise unreadable(folder / name, folder)
         if file_sha256(folder / name) != expected:
             raise ArtifactError(
                 f"{folder / name} does not match its sha256 in {MANIFEST_NAME} (tampered, truncated or "
@@ -288,29 +377,29 @@ def _artifact_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST_NAME and not p.name.startswith("."))
 
 
-def write_manifest(folder: str | Path, manifest: dict) -> dict:
-    """Hash every file of `folder` into manifest['sha256'], validate, and write manifest.json atomically."""
+def write_manifest(folder: str | Path, manifest: dict, signing_key: str | Path | None = None) -> dict:
+    """Hash every file into manifest['sha256'], validate, add the digest (+ a signature), write it atomically.
+
+    signing_key: an Ed25519 PEM private key file; without it a signature the manifest carried is dropped,
+    as it cannot vouch for the new content.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataNotFoundError(f"artifact folder not found: {folder} (create it and write the model first)")
     data = copy.deepcopy(manifest)
+    data.pop(INTEGRITY, None)
     data.setdefault("schema_version", SCHEMA_VERSION)
     data.setdefault("format", FORMAT)
     data.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     data["sha256"] = {path.name: file_sha256(path) for path in _artifact_files(folder)}
     validate_manifest(data)
     check_files(folder, data, verify=False)
+    body = canonical_bytes(data)
+    data[INTEGRITY] = {"digest": hashlib.sha256(body).hexdigest()}
+    if signing_key is not None:
+        from .signing import sign
+
+        data[INTEGRITY]["signature"] = sign(body, signing_key)
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=folder, prefix=".manifest.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, folder / MANIFEST_NAME)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    atomic_write(folder / MANIFEST_NAME, [text.encode("utf-8")])
     return data

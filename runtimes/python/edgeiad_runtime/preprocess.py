@@ -12,10 +12,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import DataError, DataNotFoundError
+from .decode import MAX_SIDE, decode_image_file
+from .errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-MAX_SIDE = 16384  # larger frames are refused instead of exhausting appliance memory
 
 _INTERPOLATION = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
 
@@ -55,25 +55,10 @@ class Preprocessing:
         return cls(**known)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 HxWx3 RGB (gray replicated, alpha dropped, 16-bit scaled)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataNotFoundError(f"image not found: {path} (check the path)")
-    raw = _quiet_imread(path)
-    if raw is None or raw.size == 0:
-        raise DataError(f"cannot read image {path}: the file is corrupt or not an image; replace or remove it")
+def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image file as uint8 HxWx3 RGB; size checked from the header first, damaged files refused (decode.py)."""
+    raw = decode_image_file(path, max_pixels)
     return to_rgb_uint8(raw, source=str(path), color_order="BGR")
-
-
-def _quiet_imread(path: Path) -> np.ndarray | None:
-    """cv2.imread without OpenCV's own log lines on corrupt files: our DataError says it in one line."""
-    previous = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
-        return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    finally:
-        cv2.utils.logging.setLogLevel(previous)
 
 
 def to_rgb_uint8(image: np.ndarray, source: str = "image", color_order: str = "RGB") -> np.ndarray:

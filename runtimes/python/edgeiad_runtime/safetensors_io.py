@@ -8,15 +8,16 @@ Layout: 8-byte little-endian header length N, N bytes of JSON header mapping eac
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
 from .errors import ArtifactError, DataError, DataNotFoundError
+from .files import atomic_write, unreadable
 
 DTYPES = {
     "F64": np.dtype("<f8"),
@@ -41,7 +42,7 @@ def load_file(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"safetensors file not found: {path} (check the path)")
-    with open(path, "rb") as handle:
+    with _open(path) as handle:
         header, data_start, data_size = _read_header(path, handle)
         entries = {}
         for name, info in header.items():
@@ -69,10 +70,17 @@ def load_metadata(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"safetensors file not found: {path} (check the path)")
-    with open(path, "rb") as handle:
+    with _open(path) as handle:
         header, _, _ = _read_header(path, handle)
     _check_metadata(path, header.get(METADATA_KEY))
     return dict(header.get(METADATA_KEY) or {})
+
+
+def _open(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except PermissionError:
+        raise unreadable(path, path.parent) from None
 
 
 def _read_header(path: Path, handle: BinaryIO) -> tuple[dict, int, int]:
@@ -86,8 +94,8 @@ def _read_header(path: Path, handle: BinaryIO) -> tuple[dict, int, int]:
         raise _corrupt(path, f"header length {length} exceeds the file size {size}: truncated")
     try:
         header = json.loads(handle.read(length).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _corrupt(path, f"header is not JSON: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or a 5000-digit number
+        raise _corrupt(path, f"header is not JSON: {str(exc)[:200] or type(exc).__name__}") from None
     if not isinstance(header, dict):
         raise _corrupt(path, "header is not a JSON object")
     return header, 8 + length, size - 8 - length
@@ -109,18 +117,22 @@ def _parse_entry(path: Path, name: str, info: object) -> tuple[np.dtype, tuple[i
     if code not in DTYPES:
         raise _corrupt(path, f"tensor {name!r} has unsupported dtype {code!r} (supported: {sorted(DTYPES)})")
     shape, offsets = info.get("shape"), info.get("data_offsets")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(_is_dim(d) for d in shape):
         raise _corrupt(path, f"tensor {name!r} has a bad shape {shape!r}")
     good_offsets = isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
-    if not good_offsets or not 0 <= offsets[0] <= offsets[1]:
-        raise _corrupt(path, f"tensor {name!r} has bad data_offsets {offsets!r}")
+    if not good_offsets or not 0 <= offsets[0] <= offsets[1] or len(shape) > 32:
+        raise _corrupt(path, f"tensor {name!r} has bad data_offsets {offsets!r} or shape {shape!r}")
     dtype = DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a hostile shape cannot overflow into a small size
     if offsets[1] - offsets[0] != expected:
         raise _corrupt(
             path, f"tensor {name!r} spans {offsets[1] - offsets[0]} bytes but {code}{shape} needs {expected}"
         )
     return dtype, tuple(shape), (offsets[0], offsets[1])
+
+
+def _is_dim(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**40
 
 
 def _check_coverage(path: Path, spans: list[tuple[int, int]], size: int) -> None:
@@ -153,7 +165,7 @@ def save_file(tensors: dict[str, np.ndarray], path: str | Path, metadata: dict[s
         entries = {METADATA_KEY: dict(metadata), **entries}
     header = json.dumps(entries, separators=(",", ":")).encode("utf-8")
     header += b" " * (-len(header) % 8)  # pad so the data block starts 8-byte aligned, like the reference writer
-    _atomic_write(Path(path), [struct.pack("<Q", len(header)), header, *chunks])
+    atomic_write(Path(path), [struct.pack("<Q", len(header)), header, *chunks])
 
 
 def _code_of(name: object, array: object) -> tuple[str, np.dtype]:
@@ -165,15 +177,3 @@ def _code_of(name: object, array: object) -> tuple[str, np.dtype]:
     if code is None:
         raise DataError(f"tensor {name!r} has dtype {array.dtype}: supported are {sorted(DTYPES)}")
     return code, DTYPES[code]
-
-
-def _atomic_write(path: Path, parts: list[bytes]) -> None:
-    handle = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            for part in parts:
-                handle.write(part)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, ConfigError, MissingExtraError
-from ..manifest import INPUT_NAME, OUTPUT_NAMES
+from ..manifest import INPUT_NAME, MANIFEST_NAME, OUTPUT_NAMES
 
 BACKENDS = ("tensorrt", "openvino", "onnxruntime")  # also the order `auto` prefers them in
 PACKAGE = "edgeiad-runtime"
@@ -175,6 +175,40 @@ def check_outputs(names: list[str], model_path: Path) -> None:
     missing = [name for name in OUTPUT_NAMES if name not in names]
     if missing:
         raise ArtifactError(f"{model_path} lacks outputs {missing} (has {names}): re-export the artifact")
+
+
+def check_shapes(model_path: Path, manifest: dict, graph: dict[str, list], constants: dict[str, np.ndarray]) -> None:
+    """Refuse at load a graph whose declared inputs/outputs disagree with the manifest or the sidecar tensors.
+
+    graph: name -> declared dims (an int, or None/str/-1 for a dynamic one); names it lacks are not checked.
+    """
+    promised = {
+        INPUT_NAME: manifest["inputs"][INPUT_NAME]["shape"],
+        **{name: manifest["outputs"][name]["shape"] for name in OUTPUT_NAMES},
+        **{name: list(value.shape) for name, value in constants.items()},
+    }
+    for name, want in promised.items():
+        got = graph.get(name)
+        if got is not None and not _fits(got, want):
+            source = "the stats file" if name in constants else MANIFEST_NAME
+            raise ArtifactError(
+                f"{model_path} declares {name} as {_dims(got)} but {source} says {want}: the files do not belong "
+                "together; re-export the artifact"
+            )
+
+
+def _fits(declared: list, promised: list) -> bool:
+    if len(declared) != len(promised):
+        return False
+    for have, want in zip(declared, promised):
+        fixed = isinstance(have, int) and have >= 0
+        if fixed and (have != want if isinstance(want, int) else True):  # a fixed graph dim vs a dynamic batch
+            return False
+    return True
+
+
+def _dims(declared: list) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) and d >= 0 else "?" for d in declared) + "]"
 
 
 def as_outputs(anomaly_map: np.ndarray, pred_score: np.ndarray) -> dict[str, np.ndarray]:

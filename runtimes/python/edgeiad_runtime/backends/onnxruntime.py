@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import ArtifactError, ConfigError
 from ..manifest import INPUT_NAME, OUTPUT_NAMES
-from .base import Backend, as_outputs, check_outputs, prepare_constants
+from .base import Backend, as_outputs, check_outputs, check_shapes, prepare_constants
 
 _ORT_DTYPES = {
     "tensor(float)": np.dtype(np.float32),
@@ -65,6 +65,8 @@ class OnnxRuntimeBackend(Backend):
         declared = {name: _ORT_DTYPES.get(node.type, np.dtype(np.float32)) for name, node in inputs.items()}
         check_outputs([node.name for node in self._session.get_outputs()], model_path)
         self._constants = prepare_constants(constants, declared, model_path)
+        nodes = [*self._session.get_inputs(), *self._session.get_outputs()]
+        check_shapes(model_path, manifest, {node.name: list(node.shape) for node in nodes}, self._constants)
         self._image_dtype = declared[INPUT_NAME]
         self.info.update(
             {

@@ -9,9 +9,17 @@ import numpy as np
 
 from ..errors import ArtifactError, ConfigError, require
 from ..manifest import INPUT_NAME
-from .base import Backend, SlotPool, as_outputs, check_outputs, prepare_constants
+from .base import Backend, SlotPool, as_outputs, check_outputs, check_shapes, prepare_constants
 
 DEFAULT_HINT = "f32"  # never the device default: on CPUs with AMX/AVX512-BF16 that is bf16 and shifts scores
+
+
+def _declared_shapes(compiled: Any) -> dict[str, list]:
+    shapes = {}
+    for port in [*compiled.inputs, *compiled.outputs]:
+        dims = [dim.get_length() if dim.is_static else None for dim in port.get_partial_shape()]
+        shapes.update(dict.fromkeys(port.get_names(), dims))
+    return shapes
 
 
 class OpenVINOBackend(Backend):
@@ -44,6 +52,7 @@ class OpenVINOBackend(Backend):
         declared = {port.get_any_name(): np.dtype(port.get_element_type().to_dtype()) for port in self._compiled.inputs}
         check_outputs([name for port in self._compiled.outputs for name in port.get_names()], model_path)
         self._constants = prepare_constants(constants, declared, model_path)
+        check_shapes(model_path, manifest, _declared_shapes(self._compiled), self._constants)
         self._image_dtype = declared[INPUT_NAME]
         self._ov = ov
         self._requests = SlotPool(self._new_request)

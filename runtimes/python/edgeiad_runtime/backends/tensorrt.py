@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ArtifactError, ConfigError, require
 from ..manifest import INPUT_NAME, OUTPUT_NAMES
-from .base import Backend, SlotPool, as_outputs, check_outputs, prepare_constants
+from .base import Backend, SlotPool, as_outputs, check_outputs, check_shapes, prepare_constants
 
 PACKAGE = "edgeiad-runtime"
 
@@ -58,6 +58,8 @@ class TensorRTBackend(Backend):
         try:
             self._engine = self._deserialize(model_path, manifest)
             self._load_io(model_path, constants)
+            shapes = {name: list(self._engine.get_tensor_shape(name)) for name in (*self._dtypes,)}
+            check_shapes(model_path, manifest, shapes, self._constants)
         except BaseException:
             cuda.Context.pop()
             self._ctx.detach()  # a failed load must not keep the GPU's primary context retained
