@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
-from edgeiad_runtime.preprocess import Preprocessing
+from edgeiad_runtime.preprocess import INTERPOLATIONS, Preprocessing
 
 from ..errors import ConfigError
 
@@ -29,19 +29,23 @@ class ModelConfig:
     # "aspect": fit() reshapes image_size to the training images' aspect ratio at about the same pixel count, so
     # wide or tall parts are not squashed; "squash": every image is resized to image_size as given.
     resize: str = "aspect"
+    interpolation: str = "linear"  # how frames are resized to image_size: linear, area, antialias (see preprocess)
     seed: int = 0
     sigma: float = 4.0  # Gaussian smoothing of the anomaly map, in input pixels
     extra: dict = field(default_factory=dict)
 
     # Values a config.json written before a field existed meant: an old run reloads exactly as it was fitted.
-    LEGACY = {"resize": "squash"}
+    LEGACY = {"resize": "squash", "interpolation": "linear"}
 
     def preprocessing(self) -> Preprocessing:
         """The preprocessing this model's backbone expects, at this config's input size."""
         from .backbones import get_backbone
 
         spec = get_backbone(self.backbone)
-        return Preprocessing(height=self.image_size[0], width=self.image_size[1], mean=spec.mean, std=spec.std)
+        return Preprocessing.from_dict(
+            {"height": self.image_size[0], "width": self.image_size[1], "mean": spec.mean, "std": spec.std,
+             "interpolation": self.interpolation}
+        )  # fmt: skip
 
     def resolved_layers(self) -> tuple[int, ...]:
         from .backbones import get_backbone
@@ -80,6 +84,10 @@ class ModelConfig:
             raise ConfigError(f"seed {self.seed!r} is not supported: use an integer from 0 to 4294967295")
         if self.resize not in RESIZE_MODES:
             raise ConfigError(f"resize {self.resize!r} is invalid: use one of {', '.join(RESIZE_MODES)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"interpolation {self.interpolation!r} is invalid: use one of {', '.join(INTERPOLATIONS)}"
+            )
 
     def fitted_to(self, sizes: list[tuple[int, int]]) -> tuple[int, int]:
         """The input (height, width) for training images of these sizes: image_size itself unless resize="aspect"."""

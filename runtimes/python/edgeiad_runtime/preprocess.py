@@ -17,7 +17,10 @@ from .errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
-_INTERPOLATION = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
+# "antialias": pixel-area averaging when shrinking (a 3-px trace or scratch keeps its weight instead of being
+# sampled or skipped by a 2x2 bilinear tap), bilinear when enlarging.
+_INTERPOLATION = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST, "antialias": None}
+INTERPOLATIONS = tuple(_INTERPOLATION)
 
 
 @dataclass(frozen=True)
@@ -117,11 +120,18 @@ def preprocess(rgb: np.ndarray, spec: Preprocessing) -> np.ndarray:
     if spec.channel_order == "BGR":
         rgb = rgb[:, :, ::-1]
     if rgb.shape[0] != spec.height or rgb.shape[1] != spec.width:
-        rgb = cv2.resize(rgb, (spec.width, spec.height), interpolation=_INTERPOLATION[spec.interpolation])
+        rgb = cv2.resize(rgb, (spec.width, spec.height), interpolation=_flag(spec.interpolation, rgb.shape, spec))
     mean = np.asarray(spec.mean, dtype=np.float32)
     inv_std = (1.0 / np.asarray(spec.std, dtype=np.float32)).astype(np.float32)
     normalised = (rgb.astype(np.float32) - mean) * inv_std
     return np.ascontiguousarray(normalised.transpose(2, 0, 1))
+
+
+def _flag(interpolation: str, shape: tuple, spec: Preprocessing) -> int:
+    if interpolation != "antialias":
+        return _INTERPOLATION[interpolation]
+    shrinking = spec.height <= shape[0] and spec.width <= shape[1]
+    return cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
 
 
 def preprocess_batch(images: list[np.ndarray], spec: Preprocessing) -> np.ndarray:
