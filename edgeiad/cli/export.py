@@ -33,6 +33,9 @@ def export(
         None, "--out", help="artifact folder (default artifacts/<model>-<target>-<precision>-<stats>)"
     ),
     force: bool = typer.Option(False, "--force", help="replace an existing artifact folder"),
+    accept_drift: bool = typer.Option(
+        False, "--accept-drift", help="fp16/int8 without labelled test images: write it even if verdicts flip"
+    ),
 ) -> None:
     """Export a trained run to an artifact folder (model + manifest.json [+ stats.safetensors])."""
     from ..errors import ConfigError
@@ -54,6 +57,7 @@ def export(
         force=force,
         stats_dtype=stats_dtype,
         echo=_say,
+        accept_drift=accept_drift,
     )
     manifest = json.loads((artifact / "manifest.json").read_text())
     parity = manifest.get("parity") or {}
@@ -67,6 +71,14 @@ def export(
                 if "exported_image_auroc" in parity
                 else ""
             )
+        )
+    drift = parity.get("drift")
+    if drift:
+        over = " (over the limit, accepted by --accept-drift)" if drift.get("accepted_over_limit") else ""
+        _say(
+            f"verdict drift on {drift['images']} good {drift['source']}: {drift['flipped']} flipped "
+            f"({drift['flip_share']:.1%}, limit {drift['limit']:.0%}){over}, max score drift "
+            f"{drift['max_abs_score_drift']:.3g} at threshold {drift['threshold']:.6g}"
         )
     if manifest.get("deferred"):
         _say(f"deferred TensorRT artifact: on the device run `edgeiad build-engine {artifact}`")
