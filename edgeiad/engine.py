@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .data import Dataset, check_min_images, iter_batches, load_dataset, load_mask, load_rgb
-from .errors import require_torch
+from .data import Dataset, check_min_images, iter_batches, load_dataset, load_mask, load_rgb, read_batches
+from .errors import ConfigError, DataError, require_torch
 from .models import get_model
 from .progress import progress_callback
 from .runs import StagingDir, load_model, new_run_dir, read_json, run_data_spec, save_model, versions, write_json
@@ -19,9 +19,17 @@ from .runs import StagingDir, load_model, new_run_dir, read_json, run_data_spec,
 OVERLAYS_PER_GROUP = 3
 
 
+PIXEL_EVAL_MODES = ("original", "fast")
+SCORE_COLUMNS = ("path", "label", "defect_type", "score")
+
+
 @dataclass
 class Scored:
-    """Scores of a sample list, plus maps when pixel metrics need them."""
+    """Scores of a sample list, plus model-size maps and masks when pixel metrics need them.
+
+    Pixel metrics read each ground truth again at its own size (`samples`, `sizes`) and upsample the map to it,
+    so memory holds model-size maps only; `masks` (downsized, nearest) serve model-size threshold fitting.
+    """
 
     scores: np.ndarray
     labels: np.ndarray
@@ -30,64 +38,127 @@ class Scored:
     map_max: float = float("-inf")
     maps: list[np.ndarray] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
+    samples: list = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+
+    def truth(self, index: int) -> np.ndarray:
+        """Ground truth of image `index` at its own resolution (the stored mask when no sample is known)."""
+        if not self.samples:
+            return np.asarray(self.masks[index], dtype=bool)
+        return load_mask(self.samples[index], self.sizes[index])
 
 
-def score_samples(model, samples, preprocessing, device="cpu", with_masks=False, progress=None, batch_size=16):
-    """Score samples with the eager model (bounded memory); keep maps only when masks are wanted."""
+def eager_infer(model, device="cpu"):
+    """`infer(NCHW batch) -> (NxHxW maps, N scores)` with the eager model, as numpy float32."""
     torch = require_torch()
     model = model.to(device)
 
     def infer(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        anomaly_map, pred_score = model.infer(torch.from_numpy(batch).to(device))
+        with torch.no_grad():
+            anomaly_map, pred_score = model.infer(torch.from_numpy(batch).to(device))
         return anomaly_map[:, 0].float().cpu().numpy(), pred_score.float().cpu().numpy()
 
-    return score_with(infer, samples, preprocessing, with_masks, progress, batch_size)
+    return infer
+
+
+def score_samples(model, samples, preprocessing, device="cpu", with_masks=False, progress=None, batch_size=16):
+    """Score samples with the eager model (bounded memory); keep maps only when masks are wanted."""
+    return score_with(eager_infer(model, device), samples, preprocessing, with_masks, progress, batch_size)
 
 
 def score_with(infer, samples, preprocessing, with_masks=False, progress=None, batch_size=16) -> Scored:
     """Score samples with `infer(NCHW batch) -> (NxHxW maps, N scores)`: an eager model or an exported one."""
+    samples = list(samples)
     scored = Scored(np.zeros(0), np.array([s.label for s in samples]), [s.defect_type for s in samples])
     scores = []
-    for batch, chunk in iter_batches(samples, preprocessing, batch_size, progress=progress):
-        maps, batch_scores = infer(batch)
-        scores.append(np.asarray(batch_scores, dtype=np.float32).reshape(len(chunk)))
+    for batch in read_batches(samples, preprocessing, batch_size, progress=progress):
+        maps, batch_scores = infer(batch.images)
+        scores.append(np.asarray(batch_scores, dtype=np.float32).reshape(len(batch.samples)))
         scored.map_min = min(scored.map_min, float(maps.min()))
         scored.map_max = max(scored.map_max, float(maps.max()))
         if with_masks:
-            for sample, anomaly in zip(chunk, maps):
+            for sample, size, anomaly in zip(batch.samples, batch.sizes, maps):
                 scored.maps.append(np.ascontiguousarray(anomaly, dtype=np.float32))
-                scored.masks.append(_mask_at(sample, anomaly.shape))
+                scored.masks.append(_mask_at(sample, size, anomaly.shape))
+                scored.sizes.append(size)
+    scored.samples = samples if with_masks else []
     scored.scores = np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
     return scored
 
 
-def _mask_at(sample, shape) -> np.ndarray:
-    """Ground truth resized (nearest) to the model's input size, where the maps live."""
-    original = load_rgb(sample).shape[:2] if sample.mask_path else shape
-    mask = load_mask(sample, original).astype(np.uint8)
+def _mask_at(sample, size, shape) -> np.ndarray:
+    """Ground truth (read at the image's own `size`) resized (nearest) to the model's input size."""
+    if sample.label == 0 or sample.mask_path is None:
+        return np.zeros(shape, dtype=bool)
+    mask = load_mask(sample, size).astype(np.uint8)
     if mask.shape != tuple(shape):
         mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
     return mask.astype(bool)
 
 
-def compute_metrics(scored: Scored) -> dict:
+def pixel_metrics_of(scored: Scored, indices=None, pixel_eval: str = "original") -> dict:
+    """Pixel AUROC, F1-max and AUPRO of `scored` (all images or `indices`), labelled by how they were computed.
+
+    "original": each map upsampled with the runtime's resize_map to its ground truth's size, as MVTec AD scores
+    them (masks read one at a time, bounded memory); "fast": model-size maps against downsized masks.
+    """
+    from edgeiad_runtime.postprocess import resize_map
+
+    from .metrics import PixelAccumulator, pixel_metrics
+
+    indices = range(len(scored.maps)) if indices is None else indices
+    if pixel_eval == "fast":
+        height, width = scored.maps[0].shape
+        found = pixel_metrics([scored.masks[i] for i in indices], [scored.maps[i] for i in indices])
+        return {**found, "pixel_eval": f"fast-{height}x{width}"}
+    if pixel_eval != "original":
+        raise ConfigError(f"pixel evaluation {pixel_eval!r} is unknown: use one of {', '.join(PIXEL_EVAL_MODES)}")
+    with PixelAccumulator() as accumulator:
+        for index in indices:
+            truth = scored.truth(index)
+            accumulator.add(truth, resize_map(scored.maps[index], *truth.shape))
+        return {**accumulator.result(), "pixel_eval": "original"}
+
+
+def compute_metrics(scored: Scored, pixel_eval: str = "original") -> dict:
     """Image metrics (and pixel metrics when maps were kept) from a Scored test set."""
-    from .metrics import image_metrics, pixel_metrics
+    from .metrics import image_metrics
 
     metrics = image_metrics(scored.labels, scored.scores, scored.defect_types)
     if scored.maps:
-        metrics.update(pixel_metrics(scored.masks, scored.maps))
+        metrics.update(pixel_metrics_of(scored, pixel_eval=pixel_eval))
     return metrics
+
+
+def score_rows(samples, scores) -> list[dict]:
+    """One record per image (path, label, defect type, raw score as a float) for CSV or JSON output."""
+    return [
+        {"path": s.path, "label": int(s.label), "defect_type": s.defect_type, "score": float(score)}
+        for s, score in zip(samples, scores)
+    ]
+
+
+def write_csv(handle, rows, columns) -> None:
+    """CSV with `\n` line ends and floats as repr (they read back to the identical value)."""
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else _csv_cell(row[c]) for c in columns])
+
+
+def _csv_cell(value):
+    if isinstance(value, bool):
+        return int(value)
+    return repr(value) if isinstance(value, float) else value
 
 
 def write_scores_csv(path: Path, samples, scores, validation: set[str] = frozenset()) -> None:
     """One row per test image; `split` says whether thresholds were fitted on it (validation) or not (test)."""
+    rows = score_rows(samples, scores)
+    for row in rows:
+        row["split"] = "validation" if row["path"] in validation else "test"
     with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "defect_type", "score", "split"])
-        for sample, score in zip(samples, scores):
-            split = "validation" if sample.path in validation else "test"
-            writer.writerow([sample.path, sample.label, sample.defect_type, f"{float(score):.6g}", split])
+        write_csv(handle, rows, (*SCORE_COLUMNS, "split"))
 
 
 def overlay(rgb: np.ndarray, anomaly_map: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -242,24 +313,27 @@ def _chosen_inference(result: dict) -> dict:
 
 def _metrics_line(metrics: dict) -> str:
     keys = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")
-    return "metrics: " + ", ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
+    line = "metrics: " + ", ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
+    return line + (f" (pixel metrics: {metrics['pixel_eval']})" if "pixel_eval" in metrics else "")
 
 
-def evaluate_run(run: Path, data: str | Path | None = None, device: str | None = None, progress=True) -> dict:
-    """Re-score a run's test set (or another dataset's) and return its metrics; the run is not modified."""
+def evaluate_run(
+    run: Path, data: str | Path | None = None, device: str | None = None, progress=True, pixel_eval: str = "original"
+) -> dict:
+    """Re-score a run's test set (or another dataset's): metrics plus per-image `images`; the run is unchanged."""
     from .models._fitting import resolve_device
 
+    if pixel_eval not in PIXEL_EVAL_MODES:
+        raise ConfigError(f"pixel evaluation {pixel_eval!r} is unknown: use one of {', '.join(PIXEL_EVAL_MODES)}")
     record, model = load_model(Path(run))
     device = resolve_device(device)
     dataset = load_dataset(data if data is not None else run_data_spec(record))
     if not dataset.test:
-        from .errors import DataError
-
         raise DataError(f"dataset {dataset.name} has no test images: evaluate needs an MVTec-layout test/ folder")
     config = model.config
     desc = "scoring test images" if progress else None
     test = score_samples(model, dataset.test, config.preprocessing(), device, dataset.has_masks, progress=desc)
-    return compute_metrics(test)
+    return {**compute_metrics(test, pixel_eval), "images": score_rows(dataset.test, test.scores)}
 
 
 def run_thresholds(run: Path) -> dict:
@@ -273,29 +347,3 @@ def score_spec(thresholds: dict):
 
     values = {"image": thresholds["image"]["value"], "pixel": thresholds["pixel"]["value"]}
     return ScoreSpec.from_manifest({"thresholds": values, "normalization": thresholds["normalization"]})
-
-
-def predict_images(run: Path, images: list[Path], save_maps: Path | None = None, device: str | None = None):
-    """Yield one dict per image (score, raw score, label) scored by the run's eager model."""
-    from edgeiad_runtime.preprocess import preprocess, read_image
-
-    from .models._fitting import resolve_device
-
-    torch = require_torch()
-    _record, model = load_model(Path(run))
-    spec = score_spec(run_thresholds(run))
-    device = resolve_device(device)
-    model = model.to(device)
-    preprocessing = model.config.preprocessing()
-    if save_maps is not None:
-        Path(save_maps).mkdir(parents=True, exist_ok=True)
-    for path in images:
-        rgb = read_image(path)
-        batch = torch.from_numpy(preprocess(rgb, preprocessing)[None]).to(device)
-        anomaly_map, pred_score = model.infer(batch)
-        raw = float(pred_score[0])
-        if save_maps is not None:
-            raw_map = anomaly_map[0, 0].float().cpu().numpy()
-            image = overlay(rgb, raw_map, spec.pixel_min, spec.pixel_max)
-            cv2.imwrite(str(Path(save_maps) / f"{Path(path).stem}_overlay.png"), image)
-        yield {"path": str(path), "score": spec.score(raw), "raw_score": raw, "is_anomalous": spec.is_anomalous(raw)}

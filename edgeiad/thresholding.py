@@ -5,6 +5,10 @@ set (`val_anomalous` anomalous images per defect type plus as many good ones), f
 reports threshold-free metrics next to threshold-dependent (inference) metrics on the remaining images,
 overall and per defect category. The chosen image/pixel thresholds and the score normalisation are what runs
 store and artifacts carry.
+
+Threshold-free pixel metrics are computed at each ground truth's own size (maps upsampled, as MVTec AD does).
+Pixel thresholds and the pixel inference metrics are fitted on model-size maps against masks downsized to
+them: candidate thresholds and per-image counts stay small however large the images are.
 """
 
 from __future__ import annotations
@@ -217,14 +221,15 @@ def _pixel_entry(value: float, scored, val, rest, groups) -> dict:
 
 
 def _threshold_free(scored, rest: list[int]) -> dict:
-    from .metrics import image_metrics, pixel_metrics
+    from .engine import pixel_metrics_of
+    from .metrics import image_metrics
 
     labels = scored.labels[rest]
     if len(set(labels.tolist())) < 2:
         return {}
     found = image_metrics(labels, scored.scores[rest], [scored.defect_types[i] for i in rest])
     if scored.maps:
-        found.update(pixel_metrics([scored.masks[i] for i in rest], [scored.maps[i] for i in rest]))
+        found.update(pixel_metrics_of(scored, rest))
     return found
 
 
@@ -290,7 +295,7 @@ def group_rows(result: dict, level: str) -> list[list[str]]:
     return rows
 
 
-FREE_KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")
+FREE_KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro", "pixel_eval")
 
 
 def report_tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import shutil
@@ -49,13 +51,55 @@ def test_train_evaluate_predict_round_trip(synthetic_mvtec, tmp_path, capsys):
     assert code == 0 and "image_auroc" in out
     code, out, _ = run_cli(["evaluate", run, "--json"], capsys)
     assert code == 0
-    assert json.loads(out)["image_auroc"] == json.loads((run / "metrics.json").read_text())["image_auroc"]
+    evaluated = json.loads(out)
+    assert evaluated["image_auroc"] == json.loads((run / "metrics.json").read_text())["image_auroc"]
+    assert evaluated["pixel_eval"] == "original" and len(evaluated["images"]) == 8
+    code, out, _ = run_cli(["evaluate", run, "--csv", "--fast"], capsys)
+    assert code == 0 and "\r" not in out
+    stored = {row["path"]: row["score"] for row in csv.DictReader(io.StringIO((run / "scores.csv").read_text()))}
+    assert {row["path"]: row["score"] for row in csv.DictReader(io.StringIO(out))} == stored
     image = next((synthetic_mvtec / "test/blob").glob("*.png"))
     code, out, _ = run_cli(["predict", run, image, "--save-maps", tmp_path / "maps"], capsys)
     assert code == 0
     line = json.loads(out.strip().splitlines()[0])
     assert line["path"] == str(image) and line["is_anomalous"] is True and 0.5 <= line["score"] <= 1.0
     assert (tmp_path / "maps" / f"{image.stem}_overlay.png").is_file()
+    assert line["raw_score"] == pytest.approx(
+        evaluated["images"][[i["path"] for i in evaluated["images"]].index(str(image))]["score"]
+    )
+
+
+def test_predict_keeps_folder_structure_and_writes_raw_maps_at_the_images_size(
+    trained_runs, synthetic_mvtec, tmp_path, capsys
+):
+    run, out = trained_runs["padim"], tmp_path / "out"
+    code, text, _ = run_cli(
+        ["predict", run, synthetic_mvtec / "test", "--save-raw", out, "--save-maps", out, "--csv"], capsys
+    )
+    assert code == 0 and "\r" not in text
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 8  # test/good/000.png and test/blob/000.png share a name: both kept
+    for row in rows:
+        relative = Path(row["path"]).relative_to(synthetic_mvtec / "test").with_suffix("")
+        raw = np.load(out / relative.parent / f"{relative.name}.npy")
+        assert row["raw_map"] == str(out / relative.parent / f"{relative.name}.npy")
+        assert raw.dtype == np.float32 and raw.shape == cv2.imread(row["path"]).shape[:2]
+        assert (out / relative.parent / f"{relative.name}_overlay.png").is_file()
+        assert row["is_anomalous"] in ("0", "1") and float(row["raw_score"]) == float(np.float32(row["raw_score"]))
+    assert {p.name for p in out.iterdir()} == {"good", "blob"}
+
+
+def test_predict_failure_leaves_no_empty_folder(trained_runs, synthetic_mvtec, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(next((synthetic_mvtec / "test/good").glob("*.png")), images / "a.png")
+    (images / "b.png").write_bytes(b"not a png")
+    out = tmp_path / "deep/out"
+    code, _, err = run_cli(["predict", trained_runs["padim"], images, "--save-raw", out], capsys)
+    assert_one_line_error(code, err, r"cannot read image .*b\.png")
+    assert not (tmp_path / "deep").exists()
+    code, _, err = run_cli(["predict", trained_runs["padim"], images, "--json", "--csv"], capsys)
+    assert code == 2 and "exclude each other" in err
 
 
 def corrupt_image(root: Path) -> Path:

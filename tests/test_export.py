@@ -190,3 +190,39 @@ def test_deferred_trt_artifact_passes_trt_check_and_names_build_engine(artifacts
         code, _, err = run_cli(["build-engine", artifact], capsys)
         assert_one_line_error(code, err, r"TensorRT is not installed: run pip install 'edgeiad\[tensorrt\]'")
         assert (artifact / "manifest.json").read_bytes() == before
+
+
+@pytest.fixture(scope="module")
+def good_only_run(synthetic_mvtec, tmp_path_factory):
+    """A PaDiM run trained on a plain folder of good images: no labelled test set, so no AUROC gate."""
+    from edgeiad.engine import train
+
+    from .conftest import model_overrides
+
+    out = tmp_path_factory.mktemp("good-only") / "padim"
+    return train("padim", synthetic_mvtec / "train/good", out=out, overrides=model_overrides("padim"), progress=False)
+
+
+def test_reduced_precision_without_labels_is_refused_when_good_verdicts_flip(good_only_run, tmp_path, capsys):
+    # The in-sample training scores spread by ~0.002 around 3.165 and the good-only threshold sits 3 sigma
+    # above: fp16's score shift (~0.01) moves every image across it, though the map parity passes.
+    args = ["export", "--run", good_only_run, "--precision", "fp16", "--out", tmp_path / "bad"]
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, r"fp16 flips the verdict of 12 of 12 good training images .* --accept-drift")
+    assert not (tmp_path / "bad").exists()
+    code, out, _ = run_cli([*args, "--accept-drift"], capsys)
+    assert code == 0 and "accepted by --accept-drift" in out
+    parity = json.loads((tmp_path / "bad/manifest.json").read_text())["parity"]
+    assert "auroc_drop" not in parity and parity["passed"] is True
+    drift = parity["drift"]
+    assert drift["images"] == 12 and drift["source"].startswith("training images (in-sample")
+    assert drift["flip_share"] == 1.0 and drift["accepted_over_limit"] is True and drift["accept_drift"] is True
+    assert drift["eager_flagged"] == 0 and drift["exported_flagged"] == 12
+
+
+def test_reduced_precision_within_the_flip_limit_is_written(good_only_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(TARGETS["onnx"].flip_tolerance, "fp16", 1.0)
+    artifact = export_run(good_only_run, "onnx", "fp16", "baked", "2", out=tmp_path / "a")
+    drift = json.loads((artifact / "manifest.json").read_text())["parity"]["drift"]
+    assert drift["limit"] == 1.0 and drift["accept_drift"] is False and "accepted_over_limit" not in drift
+    assert drift["max_abs_score_drift"] > 0 and drift["threshold"] > 0

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import edgeiad.metrics
 from edgeiad.errors import ConfigError, DataError
 from edgeiad.metrics import (
+    PixelAccumulator,
     aupro,
     average_precision,
     f1_max,
@@ -320,6 +321,74 @@ def test_pixel_metrics_accept_stacked_arrays_and_varied_sizes() -> None:
     assert aupro(mixed_masks, mixed_maps) == pytest.approx(brute_aupro(mixed_masks, mixed_maps), abs=1e-12)
 
 
+def random_tied_pixel_data(seed: int) -> tuple[list, list]:
+    """Masks and maps of varied sizes with heavy ties, negative scores and signed zeros (one good image)."""
+    rng = np.random.default_rng(seed)
+    masks, maps = [], []
+    for i in range(5):
+        shape = tuple(rng.integers(5, 14, 2))
+        mask = (rng.random(shape) < 0.15) & (i != 4)
+        amap = np.round(rng.normal(size=shape) + 1.2 * mask, int(rng.integers(0, 3))).astype(np.float32)
+        amap[rng.random(shape) < 0.1] = -0.0
+        masks.append(mask)
+        maps.append(amap)
+    masks[0][0, 0] = True  # at least one defect pixel
+    return masks, maps
+
+
+@pytest.mark.parametrize("budget", [1, 7, 60, 10**9], ids=["one-pixel", "tiny", "small", "in-ram"])
+@pytest.mark.parametrize("seed", range(8))
+def test_accumulator_matches_brute_force_in_every_bucket_mode(seed: int, budget: int) -> None:
+    masks, maps = random_tied_pixel_data(seed)
+    accumulator = PixelAccumulator(budget)
+    for mask, amap in zip(masks, maps):
+        accumulator.add(mask, amap)
+    result = accumulator.result()
+    spilled = accumulator._neg.spilled > 0
+    accumulator.close()
+    assert spilled == (budget < 100), "the multi-bucket path must be exercised by the small budgets"
+    flat_labels = np.concatenate([m.ravel() for m in masks])
+    flat_scores = np.concatenate([m.ravel() for m in maps]).astype(np.float64)
+    assert result["pixel_auroc"] == pytest.approx(sklearn_metrics().roc_auc_score(flat_labels, flat_scores), abs=1e-15)
+    f1, threshold = brute_f1_max(flat_labels, flat_scores)
+    assert (result["pixel_f1_max"], result["pixel_f1_threshold"]) == (pytest.approx(f1, abs=1e-15), threshold)
+    for limit in (0.3, 0.05, 1.0):
+        expected = brute_aupro(masks, maps, limit)
+        assert pixel_metrics(masks, maps, limit, budget)["aupro"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_one_histogram_bin_larger_than_the_budget_is_read_in_blocks() -> None:
+    # 400 pixels share three values that fall in one histogram bin: a bucket of one bin, four times the budget.
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[3:6, 4:9] = True
+    amap = np.full((20, 20), 1.0, dtype=np.float32)
+    amap[::3] = np.float32(1.0001)
+    amap[3:5, 4:9] = np.float32(1.0002)
+    expected = pixel_metrics([mask], [amap])
+    assert pixel_metrics([mask], [amap], budget=100) == expected
+    assert expected["aupro"] == pytest.approx(brute_aupro([mask], [amap]), abs=1e-12)
+
+
+def test_float32_keys_preserve_order_and_merge_signed_zeros() -> None:
+    values = np.array([-np.inf, -3.5, -1e-30, -0.0, 0.0, 1e-45, 2.0, np.inf], dtype=np.float32)
+    keys = edgeiad.metrics.pixel.float32_keys(values)
+    assert np.all(np.diff(keys.astype(np.int64)) >= 0)
+    assert keys[3] == keys[4] and np.all(np.diff(np.delete(keys, 3).astype(np.int64)) > 0)
+    back = [edgeiad.metrics.pixel._key_value(k) for k in keys]
+    assert back == [float(v) for v in values]
+
+
+def test_accumulator_cleans_its_spill_folder() -> None:
+    masks, maps = random_tied_pixel_data(0)
+    with PixelAccumulator(budget=5) as accumulator:
+        for mask, amap in zip(masks, maps):
+            accumulator.add(mask, amap)
+        folder = Path(accumulator._folder.name)
+        accumulator.result()
+        assert any(folder.iterdir())
+    assert not folder.exists()
+
+
 def test_metrics_import_only_numpy_scipy_and_edgeiad() -> None:
     package = Path(edgeiad.metrics.__file__).parent
     imported = set()
@@ -329,7 +398,8 @@ def test_metrics_import_only_numpy_scipy_and_edgeiad() -> None:
                 imported |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 imported.add(node.module.split(".")[0])
-    assert imported <= {"__future__", "collections", "typing", "numpy", "scipy", "edgeiad"}, imported
+    # tempfile: the pixel accumulator spills scores to a temporary folder beyond its RAM budget.
+    assert imported <= {"__future__", "collections", "tempfile", "typing", "numpy", "scipy", "edgeiad"}, imported
 
 
 # ---------------------------------------------------------------- errors

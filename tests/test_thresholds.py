@@ -148,6 +148,7 @@ def test_study_fits_every_method_on_validation_and_reports_the_rest():
     assert set(result["ablation"]["image"]) == set(IMAGE_METHODS)
     assert set(result["ablation"]["pixel"]) == set(METHODS)
     assert result["image"]["method"] == "f1" and result["pixel"]["method"] == "iou"
+    assert result["threshold_free"]["pixel_eval"] == "original"  # the masks given are the ground truth
     assert result["split"]["validation"] == {"good": 4, "anomalous": 4}
     assert result["split"]["test"] == {"good": 8, "anomalous": 8}
     assert len(result["split"]["validation_paths"]) == 8

@@ -11,7 +11,8 @@ COLUMNS = (
     "key", "model", "target", "precision", "stats", "batch", "threads", "status", "reason", "size_mb", "load_s",
     "first_inference_ms", "p50_ms", "p95_ms", "p99_ms", "per_image_ms", "throughput_ips", "preprocess_ms",
     "inference_ms", "postprocess_ms", "peak_rss_mb", "image_auroc", "image_ap", "image_f1_max", "pixel_auroc",
-    "aupro", "parity_max_rel_map_error", "parity_auroc_drop", "backbone_p50_ms", "e2e_over_backbone", "pareto",
+    "aupro", "pixel_eval", "parity_max_rel_map_error", "parity_auroc_drop", "backbone_p50_ms", "e2e_over_backbone",
+    "pareto",
 )  # fmt: skip
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
@@ -26,7 +27,8 @@ def flatten(record: dict) -> dict:
     row.update(record.get("split_ms") or {})
     row["peak_rss_mb"] = record.get("peak_rss_mb")
     accuracy = record.get("accuracy") or {}
-    row.update({k: accuracy.get(k) for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")})
+    keys = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro", "pixel_eval")
+    row.update({k: accuracy.get(k) for k in keys})
     parity = record.get("parity") or {}
     row.update(parity_max_rel_map_error=parity.get("max_rel_map_error"), parity_auroc_drop=parity.get("auroc_drop"))
     row.update(

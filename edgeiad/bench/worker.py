@@ -109,7 +109,8 @@ def _accuracy(detector, dataset, limit: int) -> dict:
     scored = score_with(detector.infer, samples, spec, with_masks=dataset.has_masks)
     metrics = compute_metrics(scored)
     keep = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "aupro")
-    return {"images": len(samples), **{k: float(metrics[k]) for k in keep if k in metrics}}
+    found = {"images": len(samples), **{k: float(metrics[k]) for k in keep if k in metrics}}
+    return found | ({"pixel_eval": metrics["pixel_eval"]} if "pixel_eval" in metrics else {})
 
 
 def measure(spec: dict) -> dict:

@@ -36,6 +36,9 @@ def export(
     sign: Path = typer.Option(
         None, "--sign", help="Ed25519 private key (PEM) to sign the manifest with; needs edgeiad[signing]"
     ),
+    accept_drift: bool = typer.Option(
+        False, "--accept-drift", help="fp16/int8 without labelled test images: write it even if verdicts flip"
+    ),
 ) -> None:
     """Export a trained run to an artifact folder (model + manifest.json [+ stats.safetensors])."""
     from ..errors import ConfigError
@@ -58,6 +61,7 @@ def export(
         stats_dtype=stats_dtype,
         echo=_say,
         sign=sign,
+        accept_drift=accept_drift,
     )
     manifest = json.loads((artifact / "manifest.json").read_text())
     parity = manifest.get("parity") or {}
@@ -71,6 +75,14 @@ def export(
                 if "exported_image_auroc" in parity
                 else ""
             )
+        )
+    drift = parity.get("drift")
+    if drift:
+        over = " (over the limit, accepted by --accept-drift)" if drift.get("accepted_over_limit") else ""
+        _say(
+            f"verdict drift on {drift['images']} good {drift['source']}: {drift['flipped']} flipped "
+            f"({drift['flip_share']:.1%}, limit {drift['limit']:.0%}){over}, max score drift "
+            f"{drift['max_abs_score_drift']:.3g} at threshold {drift['threshold']:.6g}"
         )
     if manifest.get("deferred"):
         _say(f"deferred TensorRT artifact: on the device run `edgeiad build-engine {artifact}`")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -97,6 +98,8 @@ def print_run_summary(run: Path, metrics: dict) -> None:
     ):
         if key in metrics:
             table.add_row(key, f"{metrics[key]:.4f}")
+    if "pixel_eval" in metrics:
+        table.add_row("pixel metrics computed at", metrics["pixel_eval"])
     inference = metrics.get("inference", {})
     for level, keys in (("image", ("precision", "recall", "f1")), ("pixel", ("mean_iou", "dice"))):
         for key in keys:
@@ -108,19 +111,32 @@ def print_run_summary(run: Path, metrics: dict) -> None:
         console.print(f"overlays: {run / 'overlays'}")
 
 
+def _machine_format(json_out: bool, csv_out: bool) -> str | None:
+    if json_out and csv_out:
+        raise typer.BadParameter("--json and --csv exclude each other: pick one output format")
+    return "json" if json_out else "csv" if csv_out else None
+
+
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="run folder written by edgeiad train"),
     data: str = typer.Option(None, "--data", help="dataset to evaluate on (default: the run's own)"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
-    json_out: bool = typer.Option(False, "--json", help="print metrics as JSON"),
+    fast: bool = typer.Option(
+        False, "--fast", help="pixel metrics at the model's input size (masks downsized), not the images' own size"
+    ),
+    json_out: bool = typer.Option(False, "--json", help="one JSON document: metrics plus per-image scores"),
+    csv_out: bool = typer.Option(False, "--csv", help="per-image scores as CSV (path,label,defect_type,score)"),
 ) -> None:
     """Re-score a run's test set (or another dataset) with the threshold-free metrics."""
-    from ..engine import evaluate_run
+    from ..engine import SCORE_COLUMNS, evaluate_run, write_csv
 
-    metrics = evaluate_run(run, data, device)
-    if json_out:
+    output = _machine_format(json_out, csv_out)
+    metrics = evaluate_run(run, data, device, progress=True, pixel_eval="fast" if fast else "original")
+    if output == "json":
         print(json.dumps(metrics, indent=2))
+    elif output == "csv":
+        write_csv(sys.stdout, metrics["images"], SCORE_COLUMNS)
     else:
         print_run_summary(run, metrics)
 
@@ -128,14 +144,25 @@ def evaluate(
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="run folder written by edgeiad train"),
-    images: list[Path] = typer.Argument(..., help="image files to score"),
-    save_maps: Path = typer.Option(None, "--save-maps", help="folder to write heat-map overlays into"),
+    images: list[Path] = typer.Argument(..., help="image files and/or folders (recursed) to score"),
+    save_maps: Path = typer.Option(None, "--save-maps", help="folder for heat-map overlays (input folders kept)"),
+    save_raw: Path = typer.Option(
+        None, "--save-raw", help="folder for float32 .npy maps at each image's own size (input folders kept)"
+    ),
     device: str = typer.Option("cpu", help="cpu or cuda"),
+    json_out: bool = typer.Option(False, "--json", help="JSON lines, one object per image (the default)"),
+    csv_out: bool = typer.Option(False, "--csv", help="CSV, one row per image; is_anomalous as 1/0"),
 ) -> None:
-    """Score images with a run's eager PyTorch model; one JSON line per image."""
-    from ..engine import predict_images
+    """Score images with a run's eager PyTorch model, in batches; one JSON line (or CSV row) per image."""
+    from ..engine import write_csv
+    from ..predict import PREDICT_COLUMNS, predict_images
 
-    for line in predict_images(run, images, save_maps, device):
+    output = _machine_format(json_out, csv_out) or "json"
+    lines = predict_images(run, images, save_maps, device, save_raw=save_raw)
+    if output == "csv":
+        write_csv(sys.stdout, lines, PREDICT_COLUMNS)
+        return
+    for line in lines:
         print(json.dumps(line))
 
 

@@ -8,10 +8,11 @@ from edgeiad.errors import DataNotFoundError
 
 from .elpv import BUILTIN, is_builtin_name, load_elpv
 from .folders import list_images, load_folder
-from .loader import Dataset, Sample, check_min_images, iter_batches, load_mask, load_rgb
+from .loader import Batch, Dataset, Sample, check_min_images, iter_batches, load_mask, load_rgb, read_batches
 
 __all__ = [
     "BUILTIN",
+    "Batch",
     "Dataset",
     "Sample",
     "check_min_images",
@@ -20,6 +21,7 @@ __all__ = [
     "load_dataset",
     "load_mask",
     "load_rgb",
+    "read_batches",
 ]
 
 

@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from edgeiad_runtime.preprocess import Preprocessing, preprocess, read_image
@@ -95,6 +96,14 @@ def load_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
     return mask.max(axis=2) > 0
 
 
+class Batch(NamedTuple):
+    """A preprocessed float32 Nx3xHxW batch, its samples and their original (height, width)."""
+
+    images: np.ndarray
+    samples: list[Sample]
+    sizes: list[tuple[int, int]]
+
+
 def iter_batches(
     samples: Iterable[Sample],
     preprocessing: Preprocessing,
@@ -102,6 +111,17 @@ def iter_batches(
     progress: str | None = None,
 ) -> Iterator[tuple[np.ndarray, list[Sample]]]:
     """Yield (float32 Nx3xHxW batch, samples) read with load_rgb and the runtime's preprocess."""
+    for batch in read_batches(samples, preprocessing, batch_size, progress):
+        yield batch.images, batch.samples
+
+
+def read_batches(
+    samples: Iterable[Sample],
+    preprocessing: Preprocessing,
+    batch_size: int = 16,
+    progress: str | None = None,
+) -> Iterator[Batch]:
+    """Yield Batch records (with each image's original size, for maps at the ground truth's resolution)."""
     if batch_size < 1:
         raise ConfigError(f"batch_size is {batch_size}: use a positive integer")
     samples = list(samples)
@@ -110,18 +130,20 @@ def iter_batches(
         return
     bar, task = _start_progress(progress, len(samples))
     with bar:
-        for batch, chunk in _batches(samples, preprocessing, batch_size):
-            bar.advance(task, len(chunk))
-            yield batch, chunk
+        for batch in _batches(samples, preprocessing, batch_size):
+            bar.advance(task, len(batch.samples))
+            yield batch
 
 
-def _batches(
-    samples: list[Sample], preprocessing: Preprocessing, batch_size: int
-) -> Iterator[tuple[np.ndarray, list[Sample]]]:
+def _batches(samples: list[Sample], preprocessing: Preprocessing, batch_size: int) -> Iterator[Batch]:
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        arrays = [preprocess(load_rgb(sample), preprocessing) for sample in chunk]
-        yield np.stack(arrays).astype(np.float32, copy=False), chunk
+        arrays, sizes = [], []
+        for sample in chunk:
+            rgb = load_rgb(sample)
+            sizes.append((int(rgb.shape[0]), int(rgb.shape[1])))
+            arrays.append(preprocess(rgb, preprocessing))
+        yield Batch(np.stack(arrays).astype(np.float32, copy=False), chunk, sizes)
 
 
 def _start_progress(description: str, total: int):

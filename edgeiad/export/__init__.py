@@ -43,8 +43,13 @@ def export_run(
     data: str | None = None,
     echo=None,
     sign: Path | None = None,
+    accept_drift: bool = False,
 ) -> Path:
-    """Export a run to `out`; the artifact appears only once it passed its parity check (signed with `sign`)."""
+    """Export a run to `out`; the artifact appears only once it passed its parity check (signed with `sign`).
+
+    `accept_drift` writes a reduced-precision artifact even when it flips more good images' verdicts than
+    the target allows (checked only without labelled test images); the manifest's parity block records it.
+    """
     echo = echo or (lambda message: None)
     if sign is not None:
         from edgeiad_runtime.signing import load_private_key
@@ -73,7 +78,8 @@ def export_run(
         from .parity import check_parity
 
         _record, reference = load_model(Path(run))  # untouched fp32 model: the reference
-        manifest["parity"] = check_parity(staging, reference, dataset, spec, precision, _eager_scores(Path(run)))
+        eager_scores = _eager_scores(Path(run))
+        manifest["parity"] = check_parity(staging, reference, dataset, spec, precision, eager_scores, accept_drift)
         manifest["export_seconds"] = round(time.perf_counter() - started, 2)
         _write(staging, manifest, sign)
     return out

@@ -38,6 +38,8 @@ class Target:
     # and the largest image-AUROC drop accepted on the run's test set.
     map_tolerance: dict[str, float] = field(default_factory=dict)
     auroc_tolerance: dict[str, float] = field(default_factory=dict)
+    # Without labelled test images: the largest share of good images whose verdict may flip at the threshold.
+    flip_tolerance: dict[str, float] = field(default_factory=dict)
     deferrable: bool = False  # may be written without its toolchain and built later on the device
 
 
@@ -48,6 +50,9 @@ class Target:
 # drop on the run's test set is the gate that matters and the map limit only catches broken graphs.
 _MAP_TOL = {"fp32": 5e-3, "fp16": 0.15, "int8": 0.6}
 _AUROC_TOL = {"fp32": 0.005, "fp16": 0.01, "int8": 0.03}
+# A run trained on good images only has no AUROC to gate on, and a shifted score scale moves good images
+# across the eager-fitted threshold: with 64 images, 2 % lets one borderline image flip, not two.
+_FLIP_TOL = {"fp32": 0.0, "fp16": 0.02, "int8": 0.02}
 
 TARGETS: dict[str, Target] = {
     target.name: target
@@ -64,6 +69,7 @@ TARGETS: dict[str, Target] = {
             _missing("onnx", "train"),
             _MAP_TOL,
             _AUROC_TOL,
+            _FLIP_TOL,
         ),
         Target(
             "openvino",
@@ -77,6 +83,7 @@ TARGETS: dict[str, Target] = {
             _missing("openvino", "openvino"),
             _MAP_TOL,
             _AUROC_TOL,
+            _FLIP_TOL,
         ),
         Target(
             "trt",
@@ -90,6 +97,7 @@ TARGETS: dict[str, Target] = {
             lambda: None,
             _MAP_TOL,
             _AUROC_TOL,
+            _FLIP_TOL,
             deferrable=True,
         ),
     )
