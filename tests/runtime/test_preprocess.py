@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from edgeiad_runtime.preprocess import INTERPOLATIONS, Preprocessing, preprocess
 
 
