@@ -7,14 +7,21 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from . import app
+from . import app, examples
 
 console = Console()
 bench_app = typer.Typer(help="Measure latency, memory and accuracy of model × target × precision on this box.")
 app.add_typer(bench_app, name="bench")
 
 
-@bench_app.callback(invoke_without_command=True)
+@bench_app.callback(
+    invoke_without_command=True,
+    epilog=examples(
+        "edgeiad bench                                   # patchcore,padim x onnx,openvino, fp32",
+        "edgeiad bench --models all --targets all --precisions fp32,fp16,int8 --batch 1,8 --out bench/",
+        "edgeiad bench --profile intel-cpu --runs runs/",
+    ),
+)
 def bench(
     ctx: typer.Context,
     models: str = typer.Option("patchcore,padim", "--models", help="comma list or all"),
@@ -61,7 +68,13 @@ def _from_profile(name: str, targets: str, precisions: str, stats: str, threads:
     return profile.get("target", targets), profile.get("precision", precisions), profile.get("stats", stats), threads
 
 
-@bench_app.command("compare")
+@bench_app.command(
+    "compare",
+    epilog=examples(
+        "edgeiad bench compare bench-old/results.json bench/results.json",
+        "edgeiad bench compare base.json new.json --threshold 0.05 || echo regression   # exit 1 in CI",
+    ),
+)
 def compare_cmd(
     base: Path = typer.Argument(..., help="results.json of the reference run"),
     new: Path = typer.Argument(..., help="results.json to compare against it"),

@@ -9,12 +9,17 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from . import app
+from . import app, examples
 
 console = Console()
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "edgeiad study --models patchcore,padim --data elpv-mono",
+        "edgeiad study --models all --data elpv-mono --data path/to/mvtec_folder --vary image_size=256,320",
+    )
+)
 def study(
     models: str = typer.Option("patchcore,padim", "--models", help="comma list of models, or all"),
     data: list[str] = typer.Option(

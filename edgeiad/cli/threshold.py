@@ -8,18 +8,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..metrics.thresholds import IMAGE_METHODS, METHODS
-from . import app
+from . import app, examples
+
+# Spelled out, not imported: edgeiad.metrics loads scipy, too slow for `--help` (a test keeps these in sync).
+_METHODS = "iou, f1, youden, fpr, good-only"
+_IMAGE_METHODS = "f1, youden, fpr, good-only"
 
 console = Console()
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "edgeiad threshold runs/padim-bsdata --method all",
+        "edgeiad threshold artifacts/padim              # refit on the exported model's own outputs",
+        "edgeiad threshold artifacts/padim --set 42.0   # raw image threshold by hand",
+    )
+)
 def threshold(
     target: Path = typer.Argument(..., help="run folder (edgeiad train) or artifact folder (edgeiad export)"),
-    method: str = typer.Option(None, "--method", help=f"all (default) or one of {', '.join(METHODS)} for both levels"),
-    image_method: str = typer.Option(None, "--image-method", help=f"{', '.join(IMAGE_METHODS)} (default f1)"),
-    pixel_method: str = typer.Option(None, "--pixel-method", help=f"{', '.join(METHODS)} (default iou)"),
+    method: str = typer.Option(None, "--method", help=f"all (default) or one of {_METHODS} for both levels"),
+    image_method: str = typer.Option(None, "--image-method", help=f"{_IMAGE_METHODS} (default f1)"),
+    pixel_method: str = typer.Option(None, "--pixel-method", help=f"{_METHODS} (default iou)"),
     val_anomalous: int = typer.Option(5, "--val-anomalous", help="anomalous validation images per defect type"),
     target_fpr: float = typer.Option(0.01, "--target-fpr", help="fpr method: largest false-positive rate on good"),
     sigmas: float = typer.Option(3.0, "--sigmas", help="good-only: mean + SIGMAS x std of good scores"),
@@ -65,7 +74,7 @@ def _signature_note(artifact: Path, signed: bool) -> None:
 
 
 def _options(method, image_method, pixel_method, val_anomalous, target_fpr, sigmas, normalization) -> dict:
-    from ..metrics.thresholds import DEFAULT_IMAGE_METHOD, DEFAULT_PIXEL_METHOD, check_method
+    from ..metrics.thresholds import DEFAULT_IMAGE_METHOD, DEFAULT_PIXEL_METHOD, IMAGE_METHODS, check_method
 
     if method not in (None, "all"):
         check_method(method, "pixel")

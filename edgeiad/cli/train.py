@@ -9,19 +9,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import app
+from . import app, examples
 
 console = Console()
 
 
-@app.command()
-def models(markdown: bool = typer.Option(False, "--markdown", help="print the README's markdown table")) -> None:
-    """List the registered models."""
+@app.command(epilog=examples("edgeiad models", "edgeiad models --json", "edgeiad models --markdown"))
+def models(
+    markdown: bool = typer.Option(False, "--markdown", help="print the README's markdown table"),
+    json_out: bool = typer.Option(False, "--json", help="print the registry as JSON"),
+) -> None:
+    """List the registered models and backbones."""
     from ..models import MODELS, markdown_table
     from ..models.backbones import BACKBONES
 
     if markdown:
         print(markdown_table())
+        return
+    if json_out:
+        fields = ("name", "summary", "paper", "min_train_images", "stats_modes")
+        entries = [{field: getattr(spec, field) for field in fields} for spec in MODELS.values()]
+        print(json.dumps({"models": entries, "backbones": list(BACKBONES)}, indent=2))
         return
     table = Table(title="models")
     for column in ("name", "what it does", "paper", "min. train images"):
@@ -32,7 +40,13 @@ def models(markdown: bool = typer.Option(False, "--markdown", help="print the RE
     console.print(f"backbones: {', '.join(BACKBONES)}")
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "edgeiad train patchcore --data elpv-mono",
+        "edgeiad train padim --data path/to/mvtec_folder --out runs/padim-parts",
+        "edgeiad train fastflow --data path/to/good_images --epochs 20 --max-minutes 5",
+    )
+)
 def train(
     model: str = typer.Argument(..., help="model name (see `edgeiad models`)"),
     data: str = typer.Option(..., "--data", help="elpv-mono | elpv-poly | MVTec-layout folder | folder of good images"),
@@ -108,7 +122,7 @@ def print_run_summary(run: Path, metrics: dict) -> None:
         console.print(f"overlays: {run / 'overlays'}")
 
 
-@app.command()
+@app.command(epilog=examples("edgeiad evaluate runs/padim-bsdata --json", "edgeiad evaluate RUN --data other_folder"))
 def evaluate(
     run: Path = typer.Argument(..., help="run folder written by edgeiad train"),
     data: str = typer.Option(None, "--data", help="dataset to evaluate on (default: the run's own)"),
@@ -125,7 +139,7 @@ def evaluate(
         print_run_summary(run, metrics)
 
 
-@app.command()
+@app.command(epilog=examples("edgeiad predict runs/padim-bsdata part1.png part2.png --save-maps maps/"))
 def predict(
     run: Path = typer.Argument(..., help="run folder written by edgeiad train"),
     images: list[Path] = typer.Argument(..., help="image files to score"),
@@ -139,7 +153,7 @@ def predict(
         print(json.dumps(line))
 
 
-@app.command()
+@app.command(epilog=examples("edgeiad demo", "edgeiad demo --out runs/my-demo"))
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="where the demo run and artifact go"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
