@@ -79,24 +79,26 @@ def compare_cmd(
     base: Path = typer.Argument(..., help="results.json of the reference run"),
     new: Path = typer.Argument(..., help="results.json to compare against it"),
     threshold: float = typer.Option(0.10, "--threshold", help="flag metrics that got worse by more than this share"),
+    json_out: bool = typer.Option(False, "--json", help="print the per-case ratios and regressions as JSON"),
 ) -> None:
-    """Per-case ratios new/base; regressions (> 10 % slower, bigger, or an AUROC drop > 0.01) are flagged."""
-    from rich.table import Table
+    """Per-case ratios new/base; exit 1 when a case regressed (slower, bigger, or AUROC down by > 0.01).
 
-    from ..bench.compare import METRICS, compare, load_results
+    Exit codes: 0 no regression, 1 at least one regression, 2 unreadable input.
+    """
+    import json
+
+    from ..bench.compare import compare, load_results
+    from ..bench.report import compare_table
 
     rows = compare(load_results(base), load_results(new), threshold)
-    table = Table(title=f"{new} vs {base} (ratio new/base)")
-    table.add_column("case")
-    for metric, _ in METRICS:
-        table.add_column(metric)
-    table.add_column("regressions")
-    for row in rows:
-        cells = [f"{row['ratios'][m]:.3f}" if m in row["ratios"] else "–" for m, _ in METRICS]
-        flag = ", ".join(row["regressions"])
-        table.add_row(row["key"], *cells, f"[red]{flag}[/red]" if flag else "ok")
-    console.print(table)
     flagged = sum(bool(row["regressions"]) for row in rows)
-    console.print(f"{len(rows)} cases compared, {flagged} with regressions", markup=False)
-    if not rows:
-        console.print("no case is present in both files", markup=False)
+    if json_out:
+        print(json.dumps({"threshold": threshold, "cases": rows, "regressions": flagged}, indent=2))
+    else:
+        console.print(compare_table(rows, f"{new} vs {base}"))
+        summary = f"{len(rows)} cases compared, {flagged} with regressions (threshold {threshold:.0%})"
+        console.print(summary, markup=False)
+        if not rows:
+            console.print("no case is present in both files", markup=False)
+    if flagged:
+        raise typer.Exit(1)
