@@ -52,22 +52,16 @@ def export(
 ) -> None:
     """Export a trained run to an artifact folder (model + manifest.json [+ stats.safetensors])."""
     from ..export import export_run
-    from ..export.profiles import load_profile
+    from ..export.profiles import export_settings
 
     run = _pick_run(model, run)
-    settings = load_profile(profile) if profile else {}
-    chosen = {
-        "target": target or settings.get("target", "onnx"),
-        "precision": precision or settings.get("precision", "fp32"),
-        "stats": stats or settings.get("stats", "baked"),
-        "batch": batch or settings.get("batch"),
-    }
+    chosen = export_settings(profile, target=target, precision=precision, stats=stats, batch=batch)
     if profile:
-        _say(f"profile {settings['name']}: " + ", ".join(f"{k} {v}" for k, v in chosen.items() if v is not None))
+        _say(f"profile {profile}: " + ", ".join(f"{k} {v}" for k, v in chosen.items() if v is not None))
     clock = _Clock()
     artifact = export_run(run, **chosen, out=out, force=force, stats_dtype=stats_dtype, echo=clock.say, sign=sign)
     manifest = json.loads((artifact / "manifest.json").read_text())
-    _report(artifact, manifest, profile and settings["name"], precision is not None)
+    _report(artifact, manifest, profile, precision is not None)
     if json_out:
         print(json.dumps({"artifact": str(artifact), "parity": manifest.get("parity")}, indent=2))
 
@@ -175,7 +169,16 @@ def build_engine(
     from ..export.tensorrt import build_engine_for_artifact
 
     path = build_engine_for_artifact(artifact, timing_cache=timing_cache)
+    from edgeiad_runtime.manifest import load_manifest
+
+    parity = (load_manifest(artifact).get("engine") or {}).get("parity")
     _say(f"engine built: {path}")
+    if parity:
+        _say(
+            f"engine parity vs ONNX Runtime on {parity['images']} {parity['source']} images: max map error "
+            f"{parity['max_rel_map_error']:.2e} of range (limit {parity['tolerance']:g}), score error "
+            f"{parity['max_abs_score_error']:.3g}, decisions changed: {parity['decisions_changed']}"
+        )
 
 
 @app.command(

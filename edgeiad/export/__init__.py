@@ -146,6 +146,9 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
         facts["openvino"] = _to_openvino(onnx_path, staging, precision, calibration, backbone_nodes, feeds, echo)
     if spec.name == "trt":
         facts["engine"] = _to_tensorrt(onnx_path, staging, precision, batch, model, arrays, stats, calibration, echo)
+        from .tensorrt import save_parity_images
+
+        save_parity_images(staging, calibration_batch(model, dataset), model.config.preprocessing())
     return facts
 
 
