@@ -87,7 +87,11 @@ def _auroc_parity(detector, dataset: Dataset, eager_scores) -> dict:
         exported.extend(r.raw_score for r in detector.predict_batch(chunk, color_order="RGB"))
     eager = np.asarray(eager_scores)[indices]
     eager_auroc, exported_auroc = roc_auc(labels, eager), roc_auc(labels, np.array(exported))
+    threshold = detector.manifest["thresholds"]["image"]
+    changed = None if threshold is None else int(((eager >= threshold) != (np.array(exported) >= threshold)).sum())
     return {
+        "decisions_changed": changed,  # at the eager-fitted image threshold; the CLI turns it into a verdict
+        "decisions_compared": len(indices),
         "auroc_images": len(indices),
         "eager_image_auroc": eager_auroc,
         "exported_image_auroc": exported_auroc,
