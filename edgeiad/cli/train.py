@@ -9,9 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..runs import read_json
 from . import app, examples
 
 console = Console()
+err_console = Console(stderr=True)  # notes go to stderr so --json output stays machine-readable
 
 
 @app.command(epilog=examples("edgeiad models", "edgeiad models --json", "edgeiad models --markdown"))
@@ -67,7 +69,6 @@ def train(
 ) -> None:
     """Fit MODEL on the good images of --data, fit thresholds on a validation split, evaluate on the rest."""
     from ..engine import train as run_training
-    from ..runs import read_json
 
     overrides = {"backbone": backbone, "seed": seed}
     if image_size is not None:
@@ -133,10 +134,25 @@ def evaluate(
     from ..engine import evaluate_run
 
     metrics = evaluate_run(run, data, device)
+    err_console.print(scored_note(run, data), markup=False, highlight=False)
     if json_out:
         print(json.dumps(metrics, indent=2))
     else:
         print_run_summary(run, metrics)
+
+
+def scored_note(run: Path, data: str | None) -> str:
+    """Which images evaluate scored, and why its numbers differ from the ones train reported."""
+    if data is not None:
+        return f"scored every test image of {data}"
+    split = read_json(run / "metrics.json").get("split") if (run / "metrics.json").is_file() else None
+    if not split:
+        return "scored every test image of the run's dataset"
+    held, kept = (sum(split[part].values()) for part in ("validation", "test"))
+    return (
+        f"scored all {held + kept} test images of the run's dataset, including the {held} validation images its "
+        f"thresholds were fitted on; `edgeiad train` reported on the other {kept} only"
+    )
 
 
 @app.command(epilog=examples("edgeiad predict runs/padim-bsdata part1.png part2.png --save-maps maps/"))

@@ -48,3 +48,10 @@ def load_profile(name_or_path: str) -> dict:
         raise ConfigError(f"profile {path} has unknown keys {unknown}: allowed are {sorted(PROFILE_KEYS)}")
     data.setdefault("name", path.stem)
     return data
+
+
+def export_settings(profile: str | None, **given) -> dict:
+    """target, precision, stats and batch: what was given, else the profile's, else the exporter's default."""
+    settings = load_profile(profile) if profile else {}
+    defaults = {"target": "onnx", "precision": "fp32", "stats": "baked", "batch": None}
+    return {key: given.get(key) or settings.get(key, default) for key, default in defaults.items()}
