@@ -93,7 +93,7 @@ def target_needs(has: dict) -> list[dict]:
         ("openvino", ("torch", "openvino"), ("openvino",)),
         ("trt", ("torch",), ("tensorrt", "gpu")),
     ):
-        missing = [need for need in (*export_needs, *run_needs) if not has.get(need)]
+        missing = [need for need in dict.fromkeys((*export_needs, *run_needs)) if not has.get(need)]
         detail = f"export: {' + '.join(export_needs)}; run: {' + '.join(run_needs)}"
         if name == "trt" and not has.get("tensorrt"):
             detail += " (without TensorRT the export is deferred: build-engine on the device)"

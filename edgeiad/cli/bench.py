@@ -49,7 +49,9 @@ def bench(
         targets, precisions, stats, threads = _from_profile(profile, targets, precisions, stats, threads)
     cases = plan(models, targets, precisions, stats, batch, threads)
     console.print(f"{len(cases)} cases → {out}", markup=False)
-    session = Bench(out, data, runs, iters, warmup, accuracy_images, echo=lambda m: console.print(m, markup=False))
+    session = Bench(
+        out, data, runs, iters, warmup, accuracy_images, echo=lambda m: console.print(m, markup=False, soft_wrap=True)
+    )
     document = session.run(cases)
     paths = write_results(out, document)
     print_table(document, console)

@@ -18,7 +18,8 @@ _PROFILES = ", ".join(known_profiles())
 
 
 def _say(message: str) -> None:
-    console.print(message, markup=False, highlight=False)
+    # soft_wrap: a path or a command in a message must survive copy-paste, never be broken at 80 columns
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command(
@@ -112,7 +113,7 @@ def _report(artifact: Path, manifest: dict, profile: str | None, explicit_precis
             f"parity vs eager ({where}): max map error {parity['max_rel_map_error']:.2e} of range, "
             f"score error {parity['max_abs_score_error']:.3g}{auroc}"
         )
-    if precision != "fp32":
+    if precision != "fp32" and not manifest.get("deferred"):  # a deferred engine is judged by build-engine
         _verdict(artifact, parity)
     if manifest.get("deferred"):
         source = f"from profile {profile}" if profile and not explicit_precision else "as asked"

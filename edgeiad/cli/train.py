@@ -91,7 +91,7 @@ def train(
         out=out,
         device=device,
         overrides=overrides,
-        echo=lambda message: console.print(message, markup=False, highlight=False),
+        echo=lambda message: console.print(message, markup=False, highlight=False, soft_wrap=True),
         threshold_options={"val_anomalous": val_anomalous, "categories": categories},
     )
     print_run_summary(run, read_json(run / "metrics.json"))
