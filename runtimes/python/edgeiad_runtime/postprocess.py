@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
+
+from .resize import resize_linear_float, resize_linear_uint8
 
 
 def normalize(values: np.ndarray | float, threshold: float, low: float, high: float) -> np.ndarray | float:
@@ -25,7 +26,7 @@ def resize_map(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
     anomaly_map = np.ascontiguousarray(anomaly_map, dtype=np.float32)
     if anomaly_map.shape == (height, width):
         return anomaly_map.copy()
-    return cv2.resize(anomaly_map, (width, height), interpolation=cv2.INTER_LINEAR)
+    return resize_linear_float(anomaly_map, height, width)
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,18 @@ def float32_at_least(value: float) -> np.float32:
     return rounded
 
 
+def jet_bgr(unit: np.ndarray) -> np.ndarray:
+    """The JET colour map (blue → cyan → yellow → red) of values in 0..1, as uint8 BGR."""
+    levels = np.clip(unit, 0.0, 1.0).astype(np.float32)[..., None]
+    centres = np.array([1.0, 2.0, 3.0], dtype=np.float32)  # B, G, R peak at 1/4, 2/4, 3/4
+    rgb = np.clip(1.5 - np.abs(4.0 * levels - centres), 0.0, 1.0)
+    return np.rint(rgb * 255.0).astype(np.uint8)
+
+
 def heat_overlay(bgr: np.ndarray, unit_map: np.ndarray) -> np.ndarray:
     """JET colour map of a 0..1 map blended 50/50 over a BGR frame (the map is resized to the frame)."""
-    heat = cv2.applyColorMap(np.rint(np.clip(unit_map, 0.0, 1.0) * 255.0).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = jet_bgr(np.rint(np.clip(unit_map, 0.0, 1.0) * 255.0) / 255.0)
     if heat.shape[:2] != bgr.shape[:2]:
-        heat = cv2.resize(heat, (bgr.shape[1], bgr.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return cv2.addWeighted(bgr, 0.5, heat, 0.5, 0)
+        heat = resize_linear_uint8(heat, bgr.shape[0], bgr.shape[1])
+    blended = (bgr.astype(np.uint16) + heat.astype(np.uint16) + 1) >> 1  # 50/50, rounded like addWeighted
+    return blended.astype(np.uint8)
