@@ -50,6 +50,13 @@ def test_one_pick_per_budget_most_accurate_then_lightest(document):
     assert budget_for(4.13) == 4.2 and budget_for(0.0131) == pytest.approx(0.014) and budget_for(20) == 20
 
 
+def test_a_slower_case_is_recommended_only_when_it_is_more_accurate(document):
+    for case in document["cases"]:
+        if case.get("accuracy"):
+            case["accuracy"]["image_auroc"] = 1.0  # all perfect: the fastest one is the only pick
+    assert [p["key"].split("/")[0] for p in recommendations(document["cases"])] == ["padim-openvino-int8-baked"]
+
+
 def test_terminal_output_fits_80_columns_and_never_splits_numbers(document):
     buffer = io.StringIO()
     print_table(document, Console(file=buffer, width=80, color_system=None))
