@@ -37,6 +37,7 @@ def bench(
     accuracy_images: int = typer.Option(400, "--accuracy-images", help="test images scored per artifact (0: all)"),
     profile: str = typer.Option(None, "--profile", help="device profile (export/*.toml): its targets/precisions"),
     out: Path = typer.Option(Path("bench"), "--out", help="output folder (runs/, artifacts/, results.*)"),
+    json_out: bool = typer.Option(False, "--json", help="print the recommendations and one flat row per case"),
 ) -> None:
     """Train or reuse runs, export, and measure every case in its own process; write results.json/csv/html."""
     if ctx.invoked_subcommand is not None:
@@ -48,12 +49,23 @@ def bench(
     if profile:
         targets, precisions, stats, threads = _from_profile(profile, targets, precisions, stats, threads)
     cases = plan(models, targets, precisions, stats, batch, threads)
-    console.print(f"{len(cases)} cases → {out}", markup=False)
-    session = Bench(
-        out, data, runs, iters, warmup, accuracy_images, echo=lambda m: console.print(m, markup=False, soft_wrap=True)
-    )
+    log = Console(stderr=True) if json_out else console  # --json: stdout carries only the JSON
+
+    def echo(message: str) -> None:
+        log.print(message, markup=False, highlight=False, soft_wrap=True)
+
+    echo(f"{len(cases)} cases → {out}")
+    session = Bench(out, data, runs, iters, warmup, accuracy_images, echo=echo)
     document = session.run(cases)
     paths = write_results(out, document)
+    if json_out:
+        import json
+
+        from ..bench.report import flatten
+
+        rows = [flatten(record) for record in document["cases"]]
+        print(json.dumps({"recommendations": document["recommendations"], "cases": rows}, indent=2))
+        return
     print_table(document, console)
     console.print(f"written: {paths['json']}, {paths['csv']}, {paths['html']}", markup=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -38,6 +39,7 @@ def threshold(
     set_image: float = typer.Option(None, "--set", help="artifact only: set the raw image threshold by hand"),
     set_pixel: float = typer.Option(None, "--set-pixel", help="artifact only: set the raw pixel threshold by hand"),
     device: str = typer.Option("cpu", help="cpu or cuda (runs only)"),
+    json_out: bool = typer.Option(False, "--json", help="print the chosen thresholds and the ablation as JSON"),
 ) -> None:
     """Fit image and pixel thresholds on a validation split with five estimators and report the ablation."""
     from ..calibration import is_artifact, set_artifact_thresholds, threshold_artifact, threshold_run
@@ -49,6 +51,9 @@ def threshold(
         if not artifact:
             raise ConfigError(f"--set needs an artifact folder (with manifest.json); {target} is not one")
         chosen = set_artifact_thresholds(target, set_image, set_pixel)
+        if json_out:
+            print(json.dumps({"artifact": str(target), "thresholds": chosen}, indent=2))
+            return
         console.print(f"{target}/manifest.json: image threshold {chosen['image']}, pixel threshold {chosen['pixel']}")
         _signature_note(target, signed)
         return
@@ -58,7 +63,10 @@ def threshold(
         result = threshold_artifact(target, options, data=data)
     else:
         result = threshold_run(target, options, data=data, device=device)
-    _print(result, target, artifact)
+    if json_out:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        _print(result, target, artifact)
     _signature_note(target, signed)
 
 

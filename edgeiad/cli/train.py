@@ -66,6 +66,7 @@ def train(
     categories: Path = typer.Option(
         None, "--categories", help="categories.csv for per-category metrics (default DATA/...)"
     ),
+    json_out: bool = typer.Option(False, "--json", help="print the run folder and its metrics as JSON at the end"),
 ) -> None:
     """Fit MODEL on the good images of --data, fit thresholds on a validation split, evaluate on the rest."""
     from ..engine import train as run_training
@@ -91,10 +92,16 @@ def train(
         out=out,
         device=device,
         overrides=overrides,
-        echo=lambda message: console.print(message, markup=False, highlight=False, soft_wrap=True),
+        echo=lambda message: (err_console if json_out else console).print(
+            message, markup=False, highlight=False, soft_wrap=True
+        ),
         threshold_options={"val_anomalous": val_anomalous, "categories": categories},
     )
-    print_run_summary(run, read_json(run / "metrics.json"))
+    metrics = read_json(run / "metrics.json")
+    if json_out:
+        print(json.dumps({"run": str(run), "metrics": metrics}, indent=2))
+    else:
+        print_run_summary(run, metrics)
 
 
 def print_run_summary(run: Path, metrics: dict) -> None:
