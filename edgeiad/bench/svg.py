@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import math
 
-CHAR_WIDTH = 5.2  # px per character at font-size 9: enough to keep labels apart without measuring text
+CHAR_WIDTH = 5.5  # px per character at font-size 9: enough to keep labels apart without measuring text
 WIDTH, HEIGHT, LEFT, BOTTOM, TOP, RIGHT = 600, 380, 64, 42, 16, 24
 
 
@@ -44,15 +44,15 @@ def _fmt_tick(value: float) -> str:
 
 
 def _place_labels(anchors: list[tuple[float, float, str]], box: tuple[float, float, float, float]) -> list:
-    """Label positions that do not overlap each other or leave the plot: right, left, above, below, then lower."""
+    """Label positions that overlap no other label or point and stay in the plot: right, left, above, below, …"""
     left, top, right, bottom = box
-    taken, placed = [], []
+    taken = [(cx - 6, cy - 6, cx + 6, cy + 6) for cx, cy, _ in anchors]  # the points themselves stay visible
+    placed = []
     for cx, cy, label in anchors:
-        width, height = len(label) * CHAR_WIDTH, 10.0
+        width, height = len(label) * CHAR_WIDTH, 11.0
         candidates = [(cx + 7, cy + 3), (cx - 7 - width, cy + 3), (cx - width / 2, cy - 8), (cx - width / 2, cy + 15)]
-        candidates += [(cx + 7, cy + 3 + 11 * k) for k in range(1, 12)] + [
-            (cx + 7, cy + 3 - 11 * k) for k in range(1, 12)
-        ]
+        for k in range(1, 12):  # then further down or up, on either side, a leader line back to the point
+            candidates += [(x, cy + 3 + step) for x in (cx + 7, cx - 7 - width) for step in (11 * k, -11 * k)]
         for x, y in candidates:
             rect = (x, y - height + 2, x + width, y + 2)
             inside = rect[0] >= left and rect[2] <= right and rect[1] >= top and rect[3] <= bottom
@@ -150,7 +150,7 @@ def boxes_svg(items: list[tuple[str, list[float], str]]) -> str:
     are marked as outliers (▸ and the maximum at the edge) instead of squashing every box."""
     import numpy as np
 
-    width, row, start, span = 600, 20, 250, 300
+    width, row, start, span = 600, 20, 230, 280  # room on the right for the outlier note
     if not items:
         return f'<svg width="{width}" height="40"><text x="10" y="25">no measured cases</text></svg>'
     stats = [
