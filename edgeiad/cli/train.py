@@ -141,7 +141,7 @@ def evaluate(
     from ..engine import evaluate_run
 
     metrics = evaluate_run(run, data, device)
-    err_console.print(scored_note(run, data), markup=False, highlight=False)
+    err_console.print(scored_note(run, data), markup=False, highlight=False, soft_wrap=True)
     if json_out:
         print(json.dumps(metrics, indent=2))
     else:

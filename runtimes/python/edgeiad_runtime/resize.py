@@ -37,11 +37,15 @@ def resize_linear_uint8(image: np.ndarray, height: int, width: int) -> np.ndarra
     x0, x1, wx = _taps(source.shape[1], width, clamp=True)
     y0, y1, wy = _taps(source.shape[0], height, clamp=False)
     (a0, a1), (b0, b1) = _fixed(wx), _fixed(wy)
-    pixels = source.astype(np.int32)
-    rows = pixels[:, x0] * a0[None, :, None].astype(np.int32) + pixels[:, x1] * a1[None, :, None].astype(np.int32)
+    a0, a1 = a0.astype(np.int32)[None, :, None], a1.astype(np.int32)[None, :, None]
+
+    def horizontal(rows: np.ndarray) -> np.ndarray:  # only the source rows the output needs, never all of them
+        left, right = np.take(rows, x0, axis=1).astype(np.int32), np.take(rows, x1, axis=1).astype(np.int32)
+        return (left * a0 + right * a1) >> 4  # OpenCV's vertical pass starts from the sums shifted by 4 bits
+
+    top = (horizontal(np.take(source, y0, axis=0)) * b0.astype(np.int32)[:, None, None]) >> 16
+    bottom = (horizontal(np.take(source, y1, axis=0)) * b1.astype(np.int32)[:, None, None]) >> 16
     # OpenCV's vectorised vertical pass: ((r0 >> 4) * b0 >> 16) + ((r1 >> 4) * b1 >> 16), rounded by 2 bits.
-    top = ((rows[y0] >> 4).astype(np.int64) * b0[:, None, None]) >> 16
-    bottom = ((rows[y1] >> 4).astype(np.int64) * b1[:, None, None]) >> 16
     result = np.clip((top + bottom + 2) >> 2, 0, 255).astype(np.uint8)
     return result[:, :, 0] if planar else result
 
