@@ -104,3 +104,20 @@ def test_profiles_are_package_data_of_the_wheel(tmp_path):
     names = zipfile.ZipFile(next(tmp_path.glob("edgeiad-*.whl"))).namelist()
     expected = {f"edgeiad/profiles/{p.name}" for p in (ROOT / "export").glob("*.toml")}
     assert expected and expected <= set(names)
+
+
+def test_export_settings_take_what_was_given_then_the_profile():
+    from edgeiad.export.profiles import export_settings
+
+    assert export_settings(None) == {"target": "onnx", "precision": "fp32", "stats": "baked", "batch": None}
+    jetson = export_settings("jetson-orin-nano", target="trt")
+    assert jetson == {"target": "trt", "precision": "fp16", "stats": "baked", "batch": 1}
+    assert export_settings("jetson-orin-nano", precision="fp32")["precision"] == "fp32"
+
+
+def test_python_api_is_light_and_named_beside_the_subpackages():
+    import edgeiad
+    import edgeiad.export as package  # the subpackage keeps its name: the verb is export_model
+
+    assert {"train", "evaluate", "export_model", "benchmark"} <= set(edgeiad.__all__)
+    assert callable(edgeiad.export_model) and edgeiad.export is package
