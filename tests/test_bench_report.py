@@ -10,7 +10,7 @@ from rich.console import Console
 
 from edgeiad.bench.page import html_report
 from edgeiad.bench.recommend import budget_for, recommendation_lines, recommendations
-from edgeiad.bench.report import mark_pareto, ordered, print_table
+from edgeiad.bench.report import compare_table, mark_pareto, ordered, print_table
 from edgeiad.bench.svg import _place_labels, boxes_svg, linear_ticks, log_ticks
 
 
@@ -95,3 +95,13 @@ def test_latency_boxes_are_clipped_at_p99_and_outliers_marked():
     widths = [float(w) for w in re.findall(r'<rect x="[^"]+" y="[^"]+" width="([^"]+)"', svg)]
     assert "▸ max 80 ms" in svg and all(w >= 1 for w in widths)
     assert "axis ends at the largest p99" in svg
+
+
+def test_compare_table_fits_80_columns_with_whole_numbers():
+    rows = [{"key": "patchcore-openvino-int8-sidecar/b8/t2", "ratios": {"per_image_ms": 1.234, "peak_rss_mb": 0.97},
+             "regressions": ["per_image_ms", "p95_ms"]}]  # fmt: skip
+    buffer = io.StringIO()
+    Console(file=buffer, width=80, color_system=None).print(compare_table(rows, "new vs base"))
+    text = buffer.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "1.23" in text and "0.97" in text and "ms, p95" in text and "patchcore-openvino-int8" in text

@@ -123,23 +123,31 @@ def print_table(document: dict, console) -> None:
             console.print(f"{record['status']}: {record['key']}: {record.get('reason')}", markup=False, highlight=False)
 
 
+SHORT = {"per_image_ms": "ms", "p95_ms": "p95", "throughput_ips": "img/s", "peak_rss_mb": "RSS", "load_s": "load",
+         "size_mb": "size", "image_auroc": "AUROC"}  # fmt: skip
+
+
+def short_key(key: str) -> str:
+    """A case key without the default parts (baked statistics, batch 1, one thread)."""
+    return key.replace("-baked", "").replace("/b1", "").replace("/t1", "")
+
+
 def compare_table(rows: list[dict], title: str):
-    """`bench compare` as a table that fits 80 columns: new/base ratios (AUROC as a difference), verdict."""
+    """`bench compare` as a table that fits 80 columns: new/base ratios, and the metrics that regressed."""
     from rich import box
     from rich.table import Table
 
     from .compare import METRICS
 
     shown = [m for m, _ in METRICS if m not in ("load_s", "size_mb")]
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("case", overflow="ellipsis", no_wrap=True, min_width=16)
+    caption = "new/base; regressed: worse than --threshold"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, caption=caption)
+    table.add_column("case", overflow="fold", min_width=12)  # text may wrap; the numbers never do
     for metric in shown:
-        table.add_column(
-            metric.replace("_ms", "").replace("image_", "").replace("_", " "), justify="right", no_wrap=True
-        )
-    table.add_column("verdict", no_wrap=True)
+        table.add_column(SHORT[metric], justify="right", no_wrap=True, min_width=5)
+    table.add_column("regressed", overflow="fold", min_width=9)
     for row in rows:
-        cells = [f"{row['ratios'][m]:.2f}×" if m in row["ratios"] else "–" for m in shown]
-        verdict = ("[red]" + ", ".join(row["regressions"]) + "[/red]") if row["regressions"] else "ok"
-        table.add_row(row["key"], *cells, verdict)
+        cells = [f"{row['ratios'][m]:.2f}" if m in row["ratios"] else "–" for m in shown]
+        flagged = ", ".join(SHORT[m] for m in row["regressions"])
+        table.add_row(short_key(row["key"]), *cells, f"[red]{flagged}[/red]" if flagged else "ok")
     return table
