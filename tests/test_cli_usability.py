@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -93,8 +94,14 @@ def test_profiles_are_package_data_of_the_wheel(tmp_path):
     assert shipped.resolve() == (ROOT / "export").resolve()  # one copy: the package links to export/
     assert load_profile("jetson-orin-nano")["precision"] == "fp16"
     pytest.importorskip("setuptools")
+    source = tmp_path / "src"  # a copy, so the build writes nothing into the checkout
+    source.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("pyproject.toml", "README.md", "edgeiad", "export"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+        copy(ROOT / name, source / name, **({"symlinks": True, "ignore": ignore} if copy is shutil.copytree else {}))
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path, ROOT],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path, source],
         capture_output=True,
         text=True,
         timeout=300,
