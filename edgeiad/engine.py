@@ -161,19 +161,34 @@ def write_scores_csv(path: Path, samples, scores, validation: set[str] = frozens
         write_csv(handle, rows, (*SCORE_COLUMNS, "split"))
 
 
-def overlay(rgb: np.ndarray, anomaly_map: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Heat map (JET, min-max scaled to the run's range) blended over the image, as BGR for cv2.imwrite."""
-    from edgeiad_runtime.postprocess import heat_overlay
+def overlay(
+    rgb: np.ndarray, anomaly_map: np.ndarray, low: float, high: float, threshold=None, truth=None
+) -> np.ndarray:
+    """Heat map (JET, min-max scaled to the run's range) over the image, with the pixel-threshold contour,
+    the ground-truth outline and a colour bar; BGR for cv2.imwrite."""
+    from edgeiad_runtime.postprocess import annotated_overlay
 
-    scaled = np.clip((anomaly_map - low) / max(high - low, 1e-12), 0, 1)
-    return heat_overlay(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), scaled)
+    span = max(high - low, 1e-12)
+    scaled = np.clip((anomaly_map - low) / span, 0, 1)
+    level = None if threshold is None else float((threshold - low) / span)
+    return annotated_overlay(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), scaled, level, truth)
 
 
-def write_overlays(folder: Path, model, samples, scored: Scored, preprocessing, device) -> list[str]:
-    """PNG overlays of the worst-scored good images and best-scored anomalous ones."""
-    good = [i for i in np.argsort(-scored.scores) if scored.labels[i] == 0][:OVERLAYS_PER_GROUP]
-    bad = [i for i in np.argsort(-scored.scores) if scored.labels[i] != 0][:OVERLAYS_PER_GROUP]
-    chosen = [(i, "good") for i in good] + [(i, "anomalous") for i in bad]
+def overlay_choice(scored: Scored) -> list[tuple[int, str]]:
+    """False alarms (highest good scores), the worst misses (lowest anomalous) and the clearest hit."""
+    order = np.argsort(-scored.scores)
+    good = [i for i in order if scored.labels[i] == 0][:OVERLAYS_PER_GROUP]
+    anomalous = [i for i in order if scored.labels[i] != 0]
+    missed = anomalous[::-1][: OVERLAYS_PER_GROUP - 1]
+    hits = [i for i in anomalous[:1] if i not in missed]
+    return [(i, "good") for i in good] + [(i, "missed") for i in missed] + [(i, "anomalous") for i in hits]
+
+
+def write_overlays(folder: Path, model, samples, scored: Scored, preprocessing, device, threshold=None) -> list[str]:
+    """PNG overlays of the highest-scored good images, the lowest-scored anomalous ones and the clearest hit."""
+    from .data import load_mask
+
+    chosen = overlay_choice(scored)
     if not chosen:
         return []
     folder.mkdir(exist_ok=True)
@@ -182,7 +197,10 @@ def write_overlays(folder: Path, model, samples, scored: Scored, preprocessing, 
     written = []
     for (index, group), sample, anomaly in zip(chosen, picked, maps):
         name = f"{group}_{scored.scores[index]:.4g}_{Path(sample.path).stem}.png"
-        cv2.imwrite(str(folder / name), overlay(load_rgb(sample), anomaly, scored.map_min, scored.map_max))
+        rgb = load_rgb(sample)
+        truth = load_mask(sample, rgb.shape[:2]) if sample.mask_path else None
+        image = overlay(rgb, anomaly, scored.map_min, scored.map_max, threshold, truth)
+        cv2.imwrite(str(folder / name), image)
         written.append(name)
     return written
 
@@ -297,7 +315,9 @@ def _evaluate_into(folder: Path, model, config, dataset: Dataset, device, progre
         log("test images hold one class only: threshold-free metrics need good and anomalous images")
     if dataset.test:
         write_scores_csv(folder / "scores.csv", dataset.test, test.scores, set(result["split"]["validation_paths"]))
-        metrics["overlays"] = write_overlays(folder / "overlays", model, dataset.test, test, preprocessing, device)
+        metrics["overlays"] = write_overlays(
+            folder / "overlays", model, dataset.test, test, preprocessing, device, result["pixel"]["value"]
+        )
     write_reports(folder, result, f"{config.model} on {dataset.name}")
     return {"metrics": metrics, "thresholds": result}
 

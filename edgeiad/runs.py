@@ -269,3 +269,24 @@ def load_model(run: Path):
             "mismatched, re-run edgeiad train"
         ) from None
     return config_data, model.eval()
+
+
+def newest_run(model: str, root: Path = Path("runs")) -> Path:
+    """The most recently written complete run of `model` under `root` (what `export MODEL` uses without --run)."""
+    found = []
+    for config in Path(root).glob("**/config.json") if Path(root).is_dir() else ():
+        run = config.parent
+        hidden = any(part.startswith(".") for part in run.relative_to(root).parts)  # staging folders
+        if hidden or not (run / "weights.safetensors").is_file():
+            continue
+        try:
+            name = run_model_name(read_json(config), run)
+        except ArtifactError:
+            continue
+        if name == model.lower():
+            found.append((config.stat().st_mtime, str(run), run))
+    if not found:
+        raise DataNotFoundError(
+            f"no {model} run under {root}/: train one with `edgeiad train {model} --data ...` or pass --run RUN"
+        )
+    return max(found)[2]

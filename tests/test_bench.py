@@ -116,7 +116,13 @@ def test_compare_flags_regressions_only(tmp_path, capsys):
     (tmp_path / "a.json").write_text(json.dumps(base))
     (tmp_path / "b.json").write_text(json.dumps(new))
     code, out, _ = run_cli(["bench", "compare", tmp_path / "a.json", tmp_path / "b.json"], capsys)
-    assert code == 0 and "2 cases compared, 1 with regressions" in out
+    assert code == 1 and "2 cases compared, 1 with regressions" in out  # a CI gate: non-zero on a regression
+    code, out, _ = run_cli(
+        ["bench", "compare", tmp_path / "a.json", tmp_path / "b.json", "--threshold", "0.25"], capsys
+    )
+    assert code == 0 and "0 with regressions" in out
+    code, out, _ = run_cli(["bench", "compare", tmp_path / "a.json", tmp_path / "b.json", "--json"], capsys)
+    assert code == 1 and json.loads(out)["regressions"] == 1
     (tmp_path / "c.json").write_text("{}")
     code, _, err = run_cli(["bench", "compare", tmp_path / "a.json", tmp_path / "c.json"], capsys)
     assert_one_line_error(code, err, "not an edgeiad bench results.json")

@@ -16,11 +16,13 @@ import pytest
 from edgeiad_runtime import Detector
 from edgeiad_runtime.backends import base
 from edgeiad_runtime.manifest import load_manifest, write_manifest
+from edgeiad_runtime.safetensors_io import save_file
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeiad.errors import ArtifactError, ConfigError, MissingExtraError
 from edgeiad.export import tensorrt as trt_export
 from edgeiad.export import trt_check
+from edgeiad.export.targets import TARGETS
 from edgeiad.export.trt_check import SUPPORTED_OPS, Finding, check_onnx_for_tensorrt, format_findings
 
 from .runtime.conftest import build_artifact
@@ -323,6 +325,24 @@ def test_build_engine_for_deferred_artifact(fake_trt, deferred, tmp_path):
         assert trt_det.backend_name == "tensorrt"
         for got, want in zip(trt_det.predict_batch(frames), ort_det.predict_batch(frames)):
             np.testing.assert_allclose(got.anomaly_map, want.anomaly_map, rtol=1e-6)
+
+
+def test_build_engine_rechecks_parity_on_the_stored_images(fake_trt, deferred, monkeypatch):
+    folder = deferred()
+    frames = np.random.default_rng(3).integers(0, 256, (3, *SHAPE[1:], 3), dtype=np.uint8)
+    save_file({"images": frames}, folder / trt_export.PARITY_IMAGES_FILE)
+    manifest = load_manifest(folder, verify=False)
+    write_manifest(folder, manifest)
+    trt_export.build_engine_for_artifact(folder)
+    parity = load_manifest(folder)["engine"]["parity"]
+    assert parity["source"] == "stored" and parity["images"] == 3 and parity["passed"] is True
+    assert parity["max_rel_map_error"] <= 1e-6 and parity["decisions_changed"] == 0
+    monkeypatch.setitem(TARGETS["trt"].map_tolerance, "fp32", -1.0)  # nothing passes: the engine must go
+    with pytest.raises(ArtifactError, match=r"engine differs from the ONNX .* deferred again"):
+        trt_export.build_engine_for_artifact(folder, force=True)
+    after = load_manifest(folder)  # still a valid, verified artifact: deferred, no engine
+    assert after["deferred"] is True and after["files"]["model"] == "model.onnx"
+    assert not (folder / "model.engine").exists()
 
 
 def test_parser_errors_name_the_node(fake_trt, tmp_path):

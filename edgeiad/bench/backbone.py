@@ -21,12 +21,13 @@ def export_backbone(run: Path, path: Path) -> Path:
         def forward(self, image):
             return self.inner.embed(image)
 
-    from ..export.onnx import OPSET, quiet_exporter
+    from ..export.onnx import OPSET
+    from ..quiet import silenced
 
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, 3, *model.image_size)
     partial = path.with_name(path.name + ".partial")
-    with quiet_exporter():
+    with silenced():
         torch.onnx.export(
             Embed(model).eval(),
             (example,),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
-import html
 import json
 from pathlib import Path
+
+from .recommend import describe, recommendation_lines, recommendations
 
 COLUMNS = (
     "key", "model", "target", "precision", "stats", "batch", "threads", "status", "reason", "size_mb", "load_s",
@@ -14,7 +15,6 @@ COLUMNS = (
     "aupro", "pixel_eval", "parity_max_rel_map_error", "parity_auroc_drop", "backbone_p50_ms", "e2e_over_backbone",
     "pareto",
 )  # fmt: skip
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
 def flatten(record: dict) -> dict:
@@ -68,8 +68,11 @@ def ordered(records: list[dict]) -> list[dict]:
 
 def write_results(out: Path, document: dict) -> dict[str, Path]:
     """results.json, results.csv and report.html in `out`; returns their paths."""
+    from .page import html_report
+
     mark_pareto(document["cases"])
     document["cases"] = ordered(document["cases"])
+    document["recommendations"] = recommendations(document["cases"])
     out = Path(out)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "html": out / "report.html"}
     paths["json"].write_text(json.dumps(document, indent=2) + "\n")
@@ -92,197 +95,61 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+# (title, flat column, width): the terminal table fits 80 columns; the case name gives way first
 TABLE_COLUMNS = (
-    ("", "pareto"), ("case", "key"), ("status", "status"), ("ms/img", "per_image_ms"), ("p95 ms", "p95_ms"),
-    ("img/s", "throughput_ips"), ("AUROC", "image_auroc"), ("px AUROC", "pixel_auroc"), ("RSS MB", "peak_rss_mb"),
-    ("size MB", "size_mb"), ("load s", "load_s"), ("e2e/bb", "e2e_over_backbone"),
+    ("ms/img", "per_image_ms", 6), ("p95", "p95_ms", 6), ("AUROC", "image_auroc", 5), ("RSS MB", "peak_rss_mb", 6),
+    ("MB", "size_mb", 5),
 )  # fmt: skip
 
 
 def print_table(document: dict, console) -> None:
-    """The rich terminal table, Pareto front (★) first; skipped and failed cases with their reason."""
+    """Recommendations, then the compact table (Pareto front ★ first); cases that did not run with their reason."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"edgeiad bench on {document['environment']['cpu']['model']}")
-    for title, _ in TABLE_COLUMNS:
-        table.add_column(title, overflow="fold")
-    rows = [flatten(record) for record in document["cases"]]
-    for row in rows:
-        if row["status"] == "ok":
-            table.add_row(*[_fmt(row[key]) for _, key in TABLE_COLUMNS])
+    console.print(f"edgeiad bench on {document['environment']['cpu']['model']}", markup=False, highlight=False)
+    for line in recommendation_lines(document.get("recommendations") or recommendations(document["cases"])):
+        console.print(line, markup=False, highlight=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption="★ Pareto front · full table: results.csv")
+    table.add_column("", width=1, no_wrap=True)
+    table.add_column("case", overflow="ellipsis", no_wrap=True, min_width=20)
+    for title, _, width in TABLE_COLUMNS:
+        table.add_column(title, justify="right", no_wrap=True, min_width=width)
+    for record in document["cases"]:
+        if record.get("status") == "ok":
+            row = flatten(record)
+            table.add_row(_fmt(row["pareto"]), describe(record), *[_fmt(row[key]) for _, key, _ in TABLE_COLUMNS])
     console.print(table)
+    for record in document["cases"]:
+        if record.get("status") != "ok":  # never dropped: each case that did not run says why
+            console.print(f"{record['status']}: {record['key']}: {record.get('reason')}", markup=False, highlight=False)
+
+
+SHORT = {"per_image_ms": "ms", "p95_ms": "p95", "throughput_ips": "img/s", "peak_rss_mb": "RSS", "load_s": "load",
+         "size_mb": "size", "image_auroc": "AUROC"}  # fmt: skip
+
+
+def short_key(key: str) -> str:
+    """A case key without the default parts (baked statistics, batch 1, one thread)."""
+    return key.replace("-baked", "").replace("/b1", "").replace("/t1", "")
+
+
+def compare_table(rows: list[dict], title: str):
+    """`bench compare` as a table that fits 80 columns: new/base ratios, and the metrics that regressed."""
+    from rich import box
+    from rich.table import Table
+
+    from .compare import METRICS
+
+    shown = [m for m, _ in METRICS if m not in ("load_s", "size_mb")]
+    caption = "new/base; regressed: worse than --threshold"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, caption=caption)
+    table.add_column("case", overflow="fold", min_width=12)  # text may wrap; the numbers never do
+    for metric in shown:
+        table.add_column(SHORT[metric], justify="right", no_wrap=True, min_width=5)
+    table.add_column("regressed", overflow="fold", min_width=9)
     for row in rows:
-        if row["status"] != "ok":  # never dropped: each case that did not run says why
-            console.print(f"{row['status']}: {row['key']}: {row['reason']}", markup=False, highlight=False)
-
-
-def _text(x: float, y: float, content: str, size: int = 10, anchor: str = "start", extra: str = "") -> str:
-    """An SVG <text> element with escaped content."""
-    return (
-        f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" {extra}>{html.escape(content)}</text>'
-    )
-
-
-def _scale(value: float, low: float, high: float, start: float, end: float) -> float:
-    return start + (value - low) / ((high - low) or 1.0) * (end - start)
-
-
-def scatter_svg(
-    points: list[tuple[float, float, str, str]],
-    x_label: str,
-    y_label: str,
-    front: list | None = None,
-    log_x: bool = False,
-) -> str:
-    """An inline SVG scatter plot: points (x, y, colour, label); `front` is a polyline of (x, y)."""
-    import math
-
-    width, height, left, bottom, top, right = 560, 360, 60, 40, 20, 20
-    if not points:
-        return f'<svg width="{width}" height="80"><text x="10" y="40">no measured points</text></svg>'
-    fx = (lambda v: math.log10(max(v, 1e-6))) if log_x else (lambda v: v)
-    xs, ys = [fx(p[0]) for p in points], [p[1] for p in points]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    pad_x, pad_y = (x1 - x0) * 0.08 or 0.5, (y1 - y0) * 0.08 or 0.01
-    x0, x1, y0, y1 = x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y
-
-    def px(v):
-        return _scale(fx(v), x0, x1, left, width - right)
-
-    def py(v):
-        return _scale(v, y0, y1, height - bottom, top)
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="plot">']
-    box = f'x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}"'
-    parts.append(f'<rect {box} fill="#fafafa" stroke="#888"/>')
-    for i in range(5):
-        yv, xv = y0 + (y1 - y0) * i / 4, x0 + (x1 - x0) * i / 4
-        parts.append(_text(left - 5, py(yv) + 4, f"{yv:.3f}", anchor="end"))
-        shown = 10**xv if log_x else xv
-        parts.append(
-            _text(_scale(xv, x0, x1, left, width - right), height - bottom + 14, f"{shown:.3g}", anchor="middle")
-        )
-    parts.append(_text((left + width) / 2, height - 5, x_label, size=12, anchor="middle"))
-    middle = (top + height) / 2
-    parts.append(_text(14, middle, y_label, size=12, anchor="middle", extra=f'transform="rotate(-90 14 {middle})"'))
-    if front:
-        line = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in sorted(front))
-        parts.append(f'<polyline points="{line}" fill="none" stroke="#444" stroke-dasharray="4 3"/>')
-    for x, y, colour, label in points:
-        cx, cy = px(x), py(y)
-        title = f"<title>{html.escape(label)}</title>"
-        parts.append(f'<circle class="point" cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{colour}">{title}</circle>')
-        # printed copies have no hover: label every point (without the model name, which the colour gives)
-        parts.append(_text(cx + 7, cy - 6, label.split("-", 1)[-1], size=8, extra='fill="#555"'))
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def bars_svg(items: list[tuple[str, float, str]], unit: str) -> str:
-    """Horizontal bars (label, value, colour)."""
-    width, row = 560, 18
-    if not items:
-        return '<svg width="560" height="40"><text x="10" y="25">no measured cases</text></svg>'
-    peak = max(value for _, value, _ in items) or 1.0
-    height = row * len(items) + 10
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">']
-    for i, (label, value, colour) in enumerate(items):
-        length = value / peak * 260
-        y = 5 + i * row
-        parts.append(f'<text x="245" y="{y + 12}" font-size="10" text-anchor="end">{html.escape(label)}</text>')
-        parts.append(f'<rect class="bar" x="250" y="{y + 2}" width="{length:.1f}" height="{row - 5}" fill="{colour}"/>')
-        parts.append(f'<text x="{254 + length:.1f}" y="{y + 12}" font-size="10">{value:.0f} {unit}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def boxes_svg(items: list[tuple[str, list[float], str]]) -> str:
-    """Latency distributions: one horizontal box (p5–p95 whiskers, quartile box, median) per case."""
-    import numpy as np
-
-    width, row = 560, 18
-    if not items:
-        return '<svg width="560" height="40"><text x="10" y="25">no measured cases</text></svg>'
-    peak = max(max(values) for _, values, _ in items) or 1.0
-    height = row * len(items) + 24
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">']
-    for i, (label, values, colour) in enumerate(items):
-        p5, q1, med, q3, p95 = np.percentile(values, [5, 25, 50, 75, 95])
-        x = [250 + v / peak * 290 for v in (p5, q1, med, q3, p95)]
-        y = 5 + i * row
-        parts.append(f'<text x="245" y="{y + 12}" font-size="10" text-anchor="end">{html.escape(label)}</text>')
-        parts.append(f'<line x1="{x[0]:.1f}" x2="{x[4]:.1f}" y1="{y + 8}" y2="{y + 8}" stroke="{colour}"/>')
-        geometry = f'x="{x[1]:.1f}" y="{y + 2}" width="{max(x[3] - x[1], 1):.1f}" height="{row - 6}"'
-        parts.append(f'<rect {geometry} fill="{colour}" fill-opacity="0.5" stroke="{colour}"/>')
-        parts.append(f'<line x1="{x[2]:.1f}" x2="{x[2]:.1f}" y1="{y + 1}" y2="{y + row - 3}" stroke="#000"/>')
-    parts.append(_text(250, height - 4, "0 ms") + _text(540, height - 4, f"{peak:.1f} ms per call", anchor="end"))
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _colours(records: list[dict]) -> dict[str, str]:
-    models = sorted({r["model"] for r in records})
-    return {model: PALETTE[i % len(PALETTE)] for i, model in enumerate(models)}
-
-
-def html_report(document: dict) -> str:
-    """One offline HTML file: Pareto plot, size vs AUROC, RSS bars, latency distributions, environment, table."""
-    records = document["cases"]
-    colours = _colours(records)
-    plotted = [r for r in records if _plottable(r)]
-    latency = [(r["per_image_ms"], r["accuracy"]["image_auroc"], colours[r["model"]], r["key"]) for r in plotted]
-    front = [(r["per_image_ms"], r["accuracy"]["image_auroc"]) for r in plotted if r.get("pareto")]
-    size = [(r["size_mb"], r["accuracy"]["image_auroc"], colours[r["model"]], r["key"]) for r in plotted]
-    measured = [r for r in records if r.get("status") == "ok"]
-    rss = [(r["key"], r["peak_rss_mb"] or 0.0, colours[r["model"]]) for r in measured]
-    boxes = [(r["key"], r["latencies_ms"], colours[r["model"]]) for r in measured if r.get("latencies_ms")]
-    legend = " ".join(f'<span style="color:{c}">●</span> {html.escape(m)}' for m, c in colours.items())
-    env = document["environment"]
-    env_rows = [
-        (
-            "CPU",
-            f"{env['cpu']['model']} ({env['cpu']['cores']} cores; ISA {', '.join(env['cpu']['isa']) or '–'})",
-        ),
-        ("memory", f"{env.get('memory_gb')} GB"),
-        ("GPU", ", ".join(g["name"] for g in env["gpus"]) or "none"),
-        ("OS / Python", f"{env['os']} / {env['python']}"),
-        ("libraries", ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)),
-        ("settings", ", ".join(f"{k}={v}" for k, v in document["settings"].items())),
-    ]
-    header = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS if c not in ("reason",))
-    body = "".join(
-        "<tr>"
-        + "".join(f"<td>{html.escape(_fmt(row[c]))}</td>" for c in COLUMNS if c != "reason")
-        + "</tr>"
-        + (
-            f'<tr><td></td><td colspan="{len(COLUMNS) - 2}" class="reason">{html.escape(row["reason"])}</td></tr>'
-            if row["reason"]
-            else ""
-        )
-        for row in map(flatten, records)
-    )
-    style = (
-        "body{font-family:sans-serif;margin:1.5em;color:#222}h2{margin-top:1.5em}table{border-collapse:collapse;"
-        "font-size:12px}td,th{border:1px solid #bbb;padding:2px 6px;text-align:right}.reason{text-align:left;"
-        "color:#a00}.grid{display:flex;flex-wrap:wrap;gap:2em}"
-    )
-    return (
-        "<!doctype html><html><head><meta charset=utf-8><title>edgeiad bench</title>"
-        f"<style>{style}</style></head><body><h1>edgeiad bench</h1><p>{html.escape(document['created'])} · {legend}</p>"
-        '<div class="grid"><div><h2>Latency vs AUROC (Pareto front dashed)</h2>'
-        + scatter_svg(latency, "ms per image (log)", "image AUROC (exported model)", front, log_x=True)
-        + "</div><div><h2>Size vs AUROC</h2>"
-        + scatter_svg(size, "artifact size, MB (log)", "image AUROC", log_x=True)
-        + "</div></div><h2>Peak RSS per case</h2>"
-        + bars_svg(rss, "MB")
-        + "<h2>Latency distribution per call</h2>"
-        + boxes_svg(boxes)
-        + "<h2>Environment</h2><table>"
-        + "".join(
-            f"<tr><th>{html.escape(k)}</th><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
-            for k, v in env_rows
-        )
-        + "</table><h2>All cases</h2>"
-        + f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table></body></html>\n"
-    )
+        cells = [f"{row['ratios'][m]:.2f}" if m in row["ratios"] else "–" for m in shown]
+        flagged = ", ".join(SHORT[m] for m in row["regressions"])
+        table.add_row(short_key(row["key"]), *cells, f"[red]{flagged}[/red]" if flagged else "ok")
+    return table

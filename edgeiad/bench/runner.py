@@ -46,6 +46,19 @@ def find_run(runs_dir: Path | None, model: str, fingerprint: str) -> Path | None
     return max(found)[1] if found else None
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def progress_line(done: int, total: int, elapsed: float, key: str) -> str:
+    """'[3/8 elapsed 2m10s, ETA 4m20s] KEY': the ETA extrapolates the mean time per finished case."""
+    eta = f", ETA {_duration(elapsed / done * (total - done))}" if done else ""
+    return f"[{done + 1}/{total} elapsed {_duration(elapsed)}{eta}] {key}"
+
+
 class Bench:
     """One bench session writing into `out` (runs/, artifacts/, backbones/, results.*)."""
 
@@ -72,7 +85,9 @@ class Bench:
         """Measure every case; return the results document (also written as results.json/csv/html)."""
         self.out.mkdir(parents=True, exist_ok=True)
         records, artifacts, measured = [], {}, set()
-        for case in cases:
+        started = time.perf_counter()
+        for index, case in enumerate(cases):
+            self.echo(progress_line(index, len(cases), time.perf_counter() - started, case.key))
             key = case.artifact
             if key not in artifacts:
                 artifacts[key] = self._artifact(key)

@@ -7,14 +7,21 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from . import app
+from . import app, examples
 
 console = Console()
 bench_app = typer.Typer(help="Measure latency, memory and accuracy of model × target × precision on this box.")
 app.add_typer(bench_app, name="bench")
 
 
-@bench_app.callback(invoke_without_command=True)
+@bench_app.callback(
+    invoke_without_command=True,
+    epilog=examples(
+        "edgeiad bench                                   # patchcore,padim x onnx,openvino, fp32",
+        "edgeiad bench --models all --targets all --precisions fp32,fp16,int8 --batch 1,8 --out bench/",
+        "edgeiad bench --profile intel-cpu --runs runs/",
+    ),
+)
 def bench(
     ctx: typer.Context,
     models: str = typer.Option("patchcore,padim", "--models", help="comma list or all"),
@@ -30,6 +37,7 @@ def bench(
     accuracy_images: int = typer.Option(400, "--accuracy-images", help="test images scored per artifact (0: all)"),
     profile: str = typer.Option(None, "--profile", help="device profile (export/*.toml): its targets/precisions"),
     out: Path = typer.Option(Path("bench"), "--out", help="output folder (runs/, artifacts/, results.*)"),
+    json_out: bool = typer.Option(False, "--json", help="print the recommendations and one flat row per case"),
 ) -> None:
     """Train or reuse runs, export, and measure every case in its own process; write results.json/csv/html."""
     if ctx.invoked_subcommand is not None:
@@ -41,10 +49,23 @@ def bench(
     if profile:
         targets, precisions, stats, threads = _from_profile(profile, targets, precisions, stats, threads)
     cases = plan(models, targets, precisions, stats, batch, threads)
-    console.print(f"{len(cases)} cases → {out}", markup=False)
-    session = Bench(out, data, runs, iters, warmup, accuracy_images, echo=lambda m: console.print(m, markup=False))
+    log = Console(stderr=True) if json_out else console  # --json: stdout carries only the JSON
+
+    def echo(message: str) -> None:
+        log.print(message, markup=False, highlight=False, soft_wrap=True)
+
+    echo(f"{len(cases)} cases → {out}")
+    session = Bench(out, data, runs, iters, warmup, accuracy_images, echo=echo)
     document = session.run(cases)
     paths = write_results(out, document)
+    if json_out:
+        import json
+
+        from ..bench.report import flatten
+
+        rows = [flatten(record) for record in document["cases"]]
+        print(json.dumps({"recommendations": document["recommendations"], "cases": rows}, indent=2))
+        return
     print_table(document, console)
     console.print(f"written: {paths['json']}, {paths['csv']}, {paths['html']}", markup=False)
 
@@ -61,29 +82,37 @@ def _from_profile(name: str, targets: str, precisions: str, stats: str, threads:
     return profile.get("target", targets), profile.get("precision", precisions), profile.get("stats", stats), threads
 
 
-@bench_app.command("compare")
+@bench_app.command(
+    "compare",
+    epilog=examples(
+        "edgeiad bench compare bench-old/results.json bench/results.json",
+        "edgeiad bench compare base.json new.json --threshold 0.05 || echo regression   # exit 1 in CI",
+    ),
+)
 def compare_cmd(
     base: Path = typer.Argument(..., help="results.json of the reference run"),
     new: Path = typer.Argument(..., help="results.json to compare against it"),
     threshold: float = typer.Option(0.10, "--threshold", help="flag metrics that got worse by more than this share"),
+    json_out: bool = typer.Option(False, "--json", help="print the per-case ratios and regressions as JSON"),
 ) -> None:
-    """Per-case ratios new/base; regressions (> 10 % slower, bigger, or an AUROC drop > 0.01) are flagged."""
-    from rich.table import Table
+    """Per-case ratios new/base; exit 1 when a case regressed (slower, bigger, or AUROC down by > 0.01).
 
-    from ..bench.compare import METRICS, compare, load_results
+    Exit codes: 0 no regression, 1 at least one regression, 2 unreadable input.
+    """
+    import json
+
+    from ..bench.compare import compare, load_results
+    from ..bench.report import compare_table
 
     rows = compare(load_results(base), load_results(new), threshold)
-    table = Table(title=f"{new} vs {base} (ratio new/base)")
-    table.add_column("case")
-    for metric, _ in METRICS:
-        table.add_column(metric)
-    table.add_column("regressions")
-    for row in rows:
-        cells = [f"{row['ratios'][m]:.3f}" if m in row["ratios"] else "–" for m, _ in METRICS]
-        flag = ", ".join(row["regressions"])
-        table.add_row(row["key"], *cells, f"[red]{flag}[/red]" if flag else "ok")
-    console.print(table)
     flagged = sum(bool(row["regressions"]) for row in rows)
-    console.print(f"{len(rows)} cases compared, {flagged} with regressions", markup=False)
-    if not rows:
-        console.print("no case is present in both files", markup=False)
+    if json_out:
+        print(json.dumps({"threshold": threshold, "cases": rows, "regressions": flagged}, indent=2))
+    else:
+        console.print(compare_table(rows, f"{new} vs {base}"))
+        summary = f"{len(rows)} cases compared, {flagged} with regressions (threshold {threshold:.0%})"
+        console.print(summary, markup=False)
+        if not rows:
+            console.print("no case is present in both files", markup=False)
+    if flagged:
+        raise typer.Exit(1)

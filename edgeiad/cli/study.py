@@ -9,12 +9,17 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from . import app
+from . import app, examples
 
 console = Console()
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "edgeiad study --models patchcore,padim --data elpv-mono",
+        "edgeiad study --models all --data elpv-mono --data path/to/mvtec_folder --vary image_size=256,320",
+    )
+)
 def study(
     models: str = typer.Option("patchcore,padim", "--models", help="comma list of models, or all"),
     data: list[str] = typer.Option(
@@ -28,6 +33,7 @@ def study(
     threads: int = typer.Option(1, "--threads", help="runtime threads for scoring and the latency column"),
     latency_images: int = typer.Option(20, "--latency-images", help="test images timed per case (0: no latency)"),
     out: Path = typer.Option(Path("study"), "--out", help="output folder; an earlier study there is resumed"),
+    json_out: bool = typer.Option(False, "--json", help="print the summary table as JSON (study.json has it all)"),
 ) -> None:
     """Train every model on every dataset with one configuration and tabulate the exported models' accuracy.
 
@@ -49,10 +55,16 @@ def study(
         latency_images=latency_images,
     )
     command = "edgeiad " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
-    document = run_study(plan, out, echo=lambda m: console.print(m, markup=False, highlight=False), command=command)
+    log = Console(stderr=True) if json_out else console  # --json: stdout carries only the JSON
+    document = run_study(plan, out, echo=lambda m: log.print(m, markup=False, highlight=False), command=command)
     from ..study.report import summary_table
 
     header, rows = summary_table(document)
+    if json_out:
+        import json
+
+        print(json.dumps({"out": str(out), "rows": [dict(zip(header, row)) for row in rows]}, indent=2))
+        return
     from rich.table import Table
 
     table = Table(title=f"mean over {len(datasets)} dataset(s), {scoring} scoring")

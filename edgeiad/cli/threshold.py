@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..metrics.thresholds import IMAGE_METHODS, METHODS
-from . import app
+from . import app, examples
+
+# Spelled out, not imported: edgeiad.metrics loads scipy, too slow for `--help` (a test keeps these in sync).
+_METHODS = "iou, f1, youden, fpr, good-only"
+_IMAGE_METHODS = "f1, youden, fpr, good-only"
 
 console = Console()
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "edgeiad threshold runs/padim-bsdata --method all",
+        "edgeiad threshold artifacts/padim              # refit on the exported model's own outputs",
+        "edgeiad threshold artifacts/padim --set 42.0   # raw image threshold by hand",
+    )
+)
 def threshold(
     target: Path = typer.Argument(..., help="run folder (edgeiad train) or artifact folder (edgeiad export)"),
-    method: str = typer.Option(None, "--method", help=f"all (default) or one of {', '.join(METHODS)} for both levels"),
-    image_method: str = typer.Option(None, "--image-method", help=f"{', '.join(IMAGE_METHODS)} (default f1)"),
-    pixel_method: str = typer.Option(None, "--pixel-method", help=f"{', '.join(METHODS)} (default iou)"),
+    method: str = typer.Option(None, "--method", help=f"all (default) or one of {_METHODS} for both levels"),
+    image_method: str = typer.Option(None, "--image-method", help=f"{_IMAGE_METHODS} (default f1)"),
+    pixel_method: str = typer.Option(None, "--pixel-method", help=f"{_METHODS} (default iou)"),
     val_anomalous: int = typer.Option(5, "--val-anomalous", help="anomalous validation images per defect type"),
     target_fpr: float = typer.Option(0.01, "--target-fpr", help="fpr method: largest false-positive rate on good"),
     sigmas: float = typer.Option(3.0, "--sigmas", help="good-only: mean + SIGMAS x std of good scores"),
@@ -29,6 +39,7 @@ def threshold(
     set_image: float = typer.Option(None, "--set", help="artifact only: set the raw image threshold by hand"),
     set_pixel: float = typer.Option(None, "--set-pixel", help="artifact only: set the raw pixel threshold by hand"),
     device: str = typer.Option("cpu", help="cpu or cuda (runs only)"),
+    json_out: bool = typer.Option(False, "--json", help="print the chosen thresholds and the ablation as JSON"),
 ) -> None:
     """Fit image and pixel thresholds on a validation split with five estimators and report the ablation."""
     from ..calibration import is_artifact, set_artifact_thresholds, threshold_artifact, threshold_run
@@ -40,6 +51,9 @@ def threshold(
         if not artifact:
             raise ConfigError(f"--set needs an artifact folder (with manifest.json); {target} is not one")
         chosen = set_artifact_thresholds(target, set_image, set_pixel)
+        if json_out:
+            print(json.dumps({"artifact": str(target), "thresholds": chosen}, indent=2))
+            return
         console.print(f"{target}/manifest.json: image threshold {chosen['image']}, pixel threshold {chosen['pixel']}")
         _signature_note(target, signed)
         return
@@ -49,7 +63,10 @@ def threshold(
         result = threshold_artifact(target, options, data=data)
     else:
         result = threshold_run(target, options, data=data, device=device)
-    _print(result, target, artifact)
+    if json_out:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        _print(result, target, artifact)
     _signature_note(target, signed)
 
 
@@ -65,7 +82,7 @@ def _signature_note(artifact: Path, signed: bool) -> None:
 
 
 def _options(method, image_method, pixel_method, val_anomalous, target_fpr, sigmas, normalization) -> dict:
-    from ..metrics.thresholds import DEFAULT_IMAGE_METHOD, DEFAULT_PIXEL_METHOD, check_method
+    from ..metrics.thresholds import DEFAULT_IMAGE_METHOD, DEFAULT_PIXEL_METHOD, IMAGE_METHODS, check_method
 
     if method not in (None, "all"):
         check_method(method, "pixel")

@@ -10,19 +10,29 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import app
+from ..runs import read_json
+from . import app, examples
 
 console = Console()
+err_console = Console(stderr=True)  # notes go to stderr so --json output stays machine-readable
 
 
-@app.command()
-def models(markdown: bool = typer.Option(False, "--markdown", help="print the README's markdown table")) -> None:
-    """List the registered models."""
+@app.command(epilog=examples("edgeiad models", "edgeiad models --json", "edgeiad models --markdown"))
+def models(
+    markdown: bool = typer.Option(False, "--markdown", help="print the README's markdown table"),
+    json_out: bool = typer.Option(False, "--json", help="print the registry as JSON"),
+) -> None:
+    """List the registered models and backbones."""
     from ..models import MODELS, markdown_table
     from ..models.backbones import BACKBONES
 
     if markdown:
         print(markdown_table())
+        return
+    if json_out:
+        fields = ("name", "summary", "paper", "min_train_images", "stats_modes")
+        entries = [{field: getattr(spec, field) for field in fields} for spec in MODELS.values()]
+        print(json.dumps({"models": entries, "backbones": list(BACKBONES)}, indent=2))
         return
     table = Table(title="models")
     for column in ("name", "what it does", "paper", "min. train images"):
@@ -33,7 +43,13 @@ def models(markdown: bool = typer.Option(False, "--markdown", help="print the RE
     console.print(f"backbones: {', '.join(BACKBONES)}")
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "edgeiad train patchcore --data elpv-mono",
+        "edgeiad train padim --data path/to/mvtec_folder --out runs/padim-parts",
+        "edgeiad train fastflow --data path/to/good_images --epochs 20 --max-minutes 5",
+    )
+)
 def train(
     model: str = typer.Argument(..., help="model name (see `edgeiad models`)"),
     data: str = typer.Option(..., "--data", help="elpv-mono | elpv-poly | MVTec-layout folder | folder of good images"),
@@ -51,10 +67,10 @@ def train(
     categories: Path = typer.Option(
         None, "--categories", help="categories.csv for per-category metrics (default DATA/...)"
     ),
+    json_out: bool = typer.Option(False, "--json", help="print the run folder and its metrics as JSON at the end"),
 ) -> None:
     """Fit MODEL on the good images of --data, fit thresholds on a validation split, evaluate on the rest."""
     from ..engine import train as run_training
-    from ..runs import read_json
 
     overrides = {"backbone": backbone, "seed": seed}
     if image_size is not None:
@@ -77,10 +93,16 @@ def train(
         out=out,
         device=device,
         overrides=overrides,
-        echo=lambda message: console.print(message, markup=False, highlight=False),
+        echo=lambda message: (err_console if json_out else console).print(
+            message, markup=False, highlight=False, soft_wrap=True
+        ),
         threshold_options={"val_anomalous": val_anomalous, "categories": categories},
     )
-    print_run_summary(run, read_json(run / "metrics.json"))
+    metrics = read_json(run / "metrics.json")
+    if json_out:
+        print(json.dumps({"run": str(run), "metrics": metrics}, indent=2))
+    else:
+        print_run_summary(run, metrics)
 
 
 def print_run_summary(run: Path, metrics: dict) -> None:
@@ -117,7 +139,7 @@ def _machine_format(json_out: bool, csv_out: bool) -> str | None:
     return "json" if json_out else "csv" if csv_out else None
 
 
-@app.command()
+@app.command(epilog=examples("edgeiad evaluate runs/padim-bsdata --json", "edgeiad evaluate RUN --data other_folder"))
 def evaluate(
     run: Path = typer.Argument(..., help="run folder written by edgeiad train"),
     data: str = typer.Option(None, "--data", help="dataset to evaluate on (default: the run's own)"),
@@ -133,6 +155,7 @@ def evaluate(
 
     output = _machine_format(json_out, csv_out)
     metrics = evaluate_run(run, data, device, progress=True, pixel_eval="fast" if fast else "original")
+    err_console.print(scored_note(run, data), markup=False, highlight=False, soft_wrap=True)
     if output == "json":
         print(json.dumps(metrics, indent=2))
     elif output == "csv":
@@ -141,7 +164,21 @@ def evaluate(
         print_run_summary(run, metrics)
 
 
-@app.command()
+def scored_note(run: Path, data: str | None) -> str:
+    """Which images evaluate scored, and why its numbers differ from the ones train reported."""
+    if data is not None:
+        return f"scored every test image of {data}"
+    split = read_json(run / "metrics.json").get("split") if (run / "metrics.json").is_file() else None
+    if not split:
+        return "scored every test image of the run's dataset"
+    held, kept = (sum(split[part].values()) for part in ("validation", "test"))
+    return (
+        f"scored all {held + kept} test images of the run's dataset, including the {held} validation images its "
+        f"thresholds were fitted on; `edgeiad train` reported on the other {kept} only"
+    )
+
+
+@app.command(epilog=examples("edgeiad predict runs/padim-bsdata part1.png part2.png --save-maps maps/"))
 def predict(
     run: Path = typer.Argument(..., help="run folder written by edgeiad train"),
     images: list[Path] = typer.Argument(..., help="image files and/or folders (recursed) to score"),
@@ -166,7 +203,7 @@ def predict(
         print(json.dumps(line))
 
 
-@app.command()
+@app.command(epilog=examples("edgeiad demo", "edgeiad demo --out runs/my-demo"))
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="where the demo run and artifact go"),
     device: str = typer.Option("cpu", help="cpu or cuda"),

@@ -6,10 +6,16 @@ from pathlib import Path
 
 import typer
 
-from . import app
+from . import app, examples
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "edgeiad watch artifacts/padim --source 0 --jsonl frames.jsonl",
+        "edgeiad watch artifacts/padim --source rtsp://camera/stream --save-anomalies anomalies/",
+        "edgeiad watch artifacts/padim --source parts/ --max-frames 100",
+    )
+)
 def watch(
     artifact: Path = typer.Argument(..., help="artifact folder written by edgeiad export"),
     source: str = typer.Option(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from ..data import iter_batches, load_dataset
 from ..errors import ConfigError, DataError
 from ..runs import StagingDir, load_model, run_data_spec, run_thresholds, versions
 from .targets import TARGETS, Target, check_combination, get_target
+
+if TYPE_CHECKING:  # numpy and the data loaders load with the first export, not with `edgeiad --help`
+    import numpy as np
 
 __all__ = ["TARGETS", "export_run", "parse_batch"]
 
@@ -68,6 +69,8 @@ def export_run(
         )
     out = Path(out) if out else Path("artifacts") / f"{model.config.model}-{spec.name}-{precision}-{stats}"
     _check_out(out, force)
+    from ..data import load_dataset
+
     dataset = load_dataset(data or run_data_spec(record))
     started = time.perf_counter()
     with StagingDir(out) as staging:  # swapped in atomically: --force never leaves `out` missing
@@ -102,6 +105,8 @@ def _write(folder: Path, manifest: dict, sign: Path | None = None) -> None:
 
 
 def _eager_scores(run: Path):
+    import numpy as np
+
     path = run / "scores.csv"
     if not path.is_file():
         return None
@@ -111,6 +116,10 @@ def _eager_scores(run: Path):
 
 def calibration_batch(model, dataset) -> np.ndarray:
     """Up to 32 preprocessed training images, spread over the set, for INT8 calibration."""
+    import numpy as np
+
+    from ..data import iter_batches
+
     picks = np.linspace(0, len(dataset.train) - 1, min(CALIBRATION_IMAGES, len(dataset.train))).round().astype(int)
     samples = [dataset.train[i] for i in sorted(set(picks.tolist()))]
     arrays = [array for array, _ in iter_batches(samples, model.config.preprocessing(), batch_size=8)]
@@ -143,6 +152,9 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
         facts["openvino"] = _to_openvino(onnx_path, staging, precision, calibration, backbone_nodes, feeds, echo)
     if spec.name == "trt":
         facts["engine"] = _to_tensorrt(onnx_path, staging, precision, batch, model, arrays, stats, calibration, echo)
+        from .tensorrt import save_parity_images
+
+        save_parity_images(staging, calibration_batch(model, dataset), model.config.preprocessing())
     return facts
 
 

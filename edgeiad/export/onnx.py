@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, require, require_torch
+from ..quiet import silenced
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit: larger statistics go to model.onnx.data
@@ -47,7 +48,8 @@ def export_onnx(model, path: Path, batch: dict, stats_mode: str, stats_dtype: st
     ]
     dynamic = (image_dims, *stat_dims) if image_dims is not None or any(stat_dims) else None
     big = sum(value.nbytes for value in stats.values()) > EXTERNAL_DATA_BYTES
-    with warnings.catch_warnings(), quiet_exporter():
+    # The dynamo exporter prints progress lines and torchvision notices: kept off the CLI unless --debug.
+    with warnings.catch_warnings(), silenced():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model.eval(),
@@ -70,24 +72,6 @@ def export_onnx(model, path: Path, batch: dict, stats_mode: str, stats_dtype: st
         "external_data": big,
         "backbone_nodes": backbone_node_names(graph),
     }
-
-
-class quiet_exporter:
-    """The dynamo exporter prints progress lines and torchvision notices; keep the CLI output clean."""
-
-    def __enter__(self):
-        import contextlib
-        import io
-        import logging
-
-        self._stack = contextlib.ExitStack()
-        self._stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
-        return self
-
-    def __exit__(self, *exc):
-        self._stack.close()
 
 
 def backbone_node_names(graph) -> list[str]:

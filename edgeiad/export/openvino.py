@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError, ConfigError, require
+from ..quiet import silenced
 
 PRECISIONS = ("fp32", "fp16", "int8")
 EXTRA = "openvino"
@@ -192,14 +193,15 @@ def quantize_backbone(
     quiet, level = logging.getLogger("nncf"), logging.getLogger("nncf").level
     quiet.setLevel(logging.WARNING)  # NNCF logs every ignored node at INFO: noise in the export output
     try:
-        quantized = nncf.quantize(
-            model,
-            nncf.Dataset(items),
-            preset=nncf.QuantizationPreset.PERFORMANCE,
-            subset_size=len(items),
-            # validate=False: some listed ops (shape helpers, constants) are not quantizable; NNCF would refuse them.
-            ignored_scope=nncf.IgnoredScope(names=sorted(ignored), validate=False),
-        )
+        with silenced():  # NNCF draws its own progress bars on stdout
+            quantized = nncf.quantize(
+                model,
+                nncf.Dataset(items),
+                preset=nncf.QuantizationPreset.PERFORMANCE,
+                subset_size=len(items),
+                # validate=False: some listed ops (shape helpers, constants) are not quantizable; NNCF would refuse.
+                ignored_scope=nncf.IgnoredScope(names=sorted(ignored), validate=False),
+            )
     finally:
         quiet.setLevel(level)
     leaks = quantized_scoring_inputs(quantized, ignored)

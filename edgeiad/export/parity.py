@@ -128,7 +128,11 @@ def _auroc_parity(detector, dataset: Dataset, eager_scores) -> dict:
     exported = exported_scores(detector, [dataset.test[i] for i in indices])
     eager = np.asarray(eager_scores)[indices]
     eager_auroc, exported_auroc = roc_auc(labels, eager), roc_auc(labels, exported)
+    threshold = detector.manifest["thresholds"]["image"]
+    changed = None if threshold is None else int(((eager >= threshold) != (exported >= threshold)).sum())
     return {
+        "decisions_changed": changed,  # at the eager-fitted image threshold; the CLI turns it into a verdict
+        "decisions_compared": len(indices),
         "auroc_images": len(indices),
         "eager_image_auroc": eager_auroc,
         "exported_image_auroc": exported_auroc,

@@ -1,4 +1,4 @@
-"""Device profiles (TOML in the repository's export/ folder): target, precision, batch, threads, input size."""
+"""Device profiles (TOML in the repository's export/ folder, shipped as edgeiad/profiles): target, precision, batch."""
 
 from __future__ import annotations
 
@@ -17,12 +17,17 @@ PROFILE_KEYS = {"name", "description", "device", "target", "precision", "stats",
 
 
 def profile_dirs() -> list[Path]:
-    """$EDGEIAD_PROFILE_DIR, then the export/ folder of the source tree this package runs from."""
+    """$EDGEIAD_PROFILE_DIR, then the profiles installed with the package (a link to export/ in the source tree)."""
     dirs = []
     if os.environ.get("EDGEIAD_PROFILE_DIR"):
         dirs.append(Path(os.environ["EDGEIAD_PROFILE_DIR"]))
-    dirs.append(Path(__file__).resolve().parents[2] / "export")
+    dirs.append(Path(__file__).resolve().parents[1] / "profiles")
     return dirs
+
+
+def known_profiles() -> list[str]:
+    """Names of the profiles found in profile_dirs()."""
+    return sorted({p.stem for d in profile_dirs() if d.is_dir() for p in d.glob("*.toml")})
 
 
 def load_profile(name_or_path: str) -> dict:
@@ -32,8 +37,8 @@ def load_profile(name_or_path: str) -> dict:
         candidates = [d / f"{name_or_path}.toml" for d in profile_dirs()]
         path = next((c for c in candidates if c.is_file()), None)
         if path is None:
-            known = sorted({p.stem for d in profile_dirs() if d.is_dir() for p in d.glob("*.toml")})
-            raise DataNotFoundError(f"profile {name_or_path!r} not found: use one of {', '.join(known) or 'none'}")
+            known = ", ".join(known_profiles()) or "none"
+            raise DataNotFoundError(f"profile {name_or_path!r} not found: use one of {known}")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -43,3 +48,10 @@ def load_profile(name_or_path: str) -> dict:
         raise ConfigError(f"profile {path} has unknown keys {unknown}: allowed are {sorted(PROFILE_KEYS)}")
     data.setdefault("name", path.stem)
     return data
+
+
+def export_settings(profile: str | None, **given) -> dict:
+    """target, precision, stats and batch: what was given, else the profile's, else the exporter's default."""
+    settings = load_profile(profile) if profile else {}
+    defaults = {"target": "onnx", "precision": "fp32", "stats": "baked", "batch": None}
+    return {key: given.get(key) or settings.get(key, default) for key, default in defaults.items()}

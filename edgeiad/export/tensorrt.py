@@ -23,6 +23,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_NAME = "image"
 ENGINE_NAME = "model.engine"
 DEFAULT_WORKSPACE_MB = 2048
+PARITY_IMAGES_FILE = "parity_images.safetensors"  # model-size RGB frames build-engine re-checks the engine on
+PARITY_IMAGES = 4
 INSTALL = "run pip install 'edgeiad[tensorrt]' on the device that will run the engine (engines are device-specific)"
 MISSING = f"TensorRT is not installed: {INSTALL}"
 
@@ -359,7 +361,68 @@ def build_engine_for_artifact(artifact: Path, timing_cache: Path | None = None, 
         _install_engine(artifact, manifest, scratch, info)
     finally:
         scratch.unlink(missing_ok=True)
+    _check_engine_parity(artifact, manifest, settings["precision"])
     return artifact / ENGINE_NAME
+
+
+def save_parity_images(folder: Path, batch: np.ndarray, preprocessing) -> None:
+    """Keep a few preprocessed inputs as model-size uint8 RGB frames, so the device can re-check its engine."""
+    from edgeiad_runtime.safetensors_io import save_file
+
+    mean, std = np.asarray(preprocessing.mean, np.float32), np.asarray(preprocessing.std, np.float32)
+    frames = np.rint(batch[:PARITY_IMAGES].transpose(0, 2, 3, 1) * std + mean).clip(0, 255).astype(np.uint8)
+    if preprocessing.channel_order == "BGR":  # preprocess() flips RGB frames to BGR itself
+        frames = frames[..., ::-1]
+    save_file({"images": np.ascontiguousarray(frames)}, Path(folder) / PARITY_IMAGES_FILE)
+
+
+def engine_parity(artifact: Path, tolerance: float) -> dict:
+    """The built engine against ONNX Runtime on the same ONNX: map/score error, decisions changed, passed."""
+    from edgeiad_runtime import Detector
+    from edgeiad_runtime.safetensors_io import load_file
+
+    stored = Path(artifact) / PARITY_IMAGES_FILE
+    if stored.is_file():
+        images, source = list(load_file(stored)["images"]), "stored"
+    else:  # exported before parity images were kept: deterministic noise still catches a broken engine
+        rng = np.random.default_rng(0)
+        images, source = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(PARITY_IMAGES)], "noise"
+    with Detector.load(artifact, backend="tensorrt") as engine, Detector.load(artifact, backend="onnxruntime") as ref:
+        got = [engine.predict(image, color_order="RGB") for image in images]
+        want = [ref.predict(image, color_order="RGB") for image in images]
+    scale = max(max(float(np.abs(w.raw_map).max()) for w in want), 1e-12)
+    map_error = max(float(np.abs(g.raw_map - w.raw_map).max()) for g, w in zip(got, want)) / scale
+    return {
+        "images": len(images),
+        "source": source,
+        "max_rel_map_error": map_error,
+        "max_abs_score_error": max(abs(g.raw_score - w.raw_score) for g, w in zip(got, want)),
+        "decisions_changed": sum(g.is_anomalous != w.is_anomalous for g, w in zip(got, want)),
+        "tolerance": tolerance,
+        "passed": map_error <= tolerance,
+    }
+
+
+def _check_engine_parity(artifact: Path, before: dict, precision: str) -> None:
+    """Record the engine's parity in the manifest; an engine that disagrees is removed, the artifact deferred."""
+    from edgeiad_runtime.manifest import load_manifest, write_manifest
+
+    from .targets import TARGETS
+
+    report = engine_parity(artifact, TARGETS["trt"].map_tolerance[precision])
+    if not report["passed"]:
+        (artifact / ENGINE_NAME).unlink(missing_ok=True)
+        restored = copy.deepcopy(before)
+        restored["deferred"], restored["files"]["model"] = True, restored["files"]["onnx"]
+        write_manifest(artifact, restored)
+        raise ArtifactError(
+            f"the {precision} engine differs from the ONNX by {report['max_rel_map_error']:.3g} of the map range "
+            f"(limit {report['tolerance']:g}): it was removed and {artifact} is deferred again; rebuild it at a "
+            "higher precision"
+        )
+    manifest = load_manifest(artifact)
+    manifest["engine"]["parity"] = report
+    write_manifest(artifact, manifest)
 
 
 def _settings_from_manifest(manifest: dict) -> dict:

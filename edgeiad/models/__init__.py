@@ -117,7 +117,7 @@ register_model(
         name="npad",
         summary="min Mahalanobis to similarity-weighted neighbour Gaussians x aggregated-feature Gaussian; "
         "k-means centroids for the image score; image shifting in the graph",
-        paper="seed 001: N-pad, Neighboring Pixel-based Industrial Anomaly Detection",
+        paper="Jang et al., N-Pad: Neighboring Pixel-based Industrial Anomaly Detection, CVPR workshops 2023",
         module="npad",
         config_class="NpadConfig",
         model_class="NpadModel",
@@ -130,7 +130,7 @@ register_model(
     ModelSpec(
         name="reconstruction",
         summary="feature-pyramid autoencoder trained with a perceptual (feature-level) loss; map = its error",
-        paper="seeds 000/002: reconstruction-based anomaly maps with a pyramidal encoder and perceptual loss",
+        paper="reconstruction-based anomaly maps with a pyramidal encoder and a perceptual loss (no single paper)",
         module="reconstruction",
         config_class="ReconstructionConfig",
         model_class="ReconstructionModel",
@@ -145,7 +145,7 @@ register_model(
         name="attribution",
         summary="good-vs-synthetic-defect classifier (cut-paste, noise blobs, scratches); map = its evidence "
         "(class-activation) logits",
-        paper="seed 000: attribution-map models (Grad-CAM of a classifier); synthetic defects as in CutPaste",
+        paper="attribution maps (Grad-CAM) of a classifier; synthetic defects as in Li et al., CutPaste, CVPR 2021",
         module="attribution",
         config_class="AttributionConfig",
         model_class="AttributionModel",

@@ -7,10 +7,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from ..errors import ConfigError, require, require_torch
-
-torch = require_torch()
-nn = torch.nn
+from ..errors import ConfigError, require
 
 
 @dataclass(frozen=True)
@@ -80,12 +77,6 @@ def get_backbone(name: str) -> BackboneSpec:
 
 
 @cache
-def _state_dict(name: str) -> dict:
-    # weights_only=True: the packaged .pth is a zip of tensors; refuse anything that would unpickle code.
-    return torch.load(get_backbone(name).weights_path(), map_location="cpu", weights_only=True)
-
-
-@cache
 def weights_sha256(name: str) -> str:
     """Hash of the packaged weight file, recorded in every run for reproducibility."""
     digest = hashlib.sha256()
@@ -95,40 +86,10 @@ def weights_sha256(name: str) -> str:
     return digest.hexdigest()
 
 
-class FeatureExtractor(nn.Module):
-    """Frozen EfficientNet-Lite truncated after the deepest requested block; returns those blocks' maps."""
+def __getattr__(name: str):
+    # FeatureExtractor needs torch; the registry above must not (`edgeiad models` lists it without torch).
+    if name == "FeatureExtractor":
+        from .feature_extractor import FeatureExtractor
 
-    def __init__(self, name: str, layers: tuple[int, ...], image_size: tuple[int, int]) -> None:
-        super().__init__()
-        spec = get_backbone(name)
-        effnet = require("efficientnet_lite_pytorch", "train")
-        # Static "same" padding is computed from the real input size, which also keeps the graph export-friendly.
-        net = effnet.EfficientNet.from_name(spec.package_model, image_size=tuple(image_size))
-        net.load_state_dict(_state_dict(name), strict=True)
-        last = max(layers)
-        if last >= len(net._blocks) or min(layers) < 0:
-            raise ConfigError(
-                f"backbone {name} has blocks 0..{len(net._blocks) - 1}: layers {list(layers)} are invalid"
-            )
-        self.layers = tuple(sorted(layers))
-        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
-        self.blocks = nn.ModuleList(net._blocks[: last + 1])
-        self.eval()
-        self.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> FeatureExtractor:
-        # The backbone stays in eval mode: BatchNorm statistics are ImageNet's, never updated.
-        return super().train(False)
-
-    def forward(self, x):
-        x = self.stem(x)
-        features = []
-        for index, block in enumerate(self.blocks):
-            x = block(x)
-            if index in self.layers:
-                features.append(x)
-        return features
-
-    def channels(self) -> list[int]:
-        """Channel count of each returned feature map."""
-        return [int(self.blocks[index]._block_args.output_filters) for index in self.layers]
+        return FeatureExtractor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Camera appliance: score every frame with an edgeiad artifact and keep evidence of anomalous ones.
 
-Needs only the torch-free runtime and OpenCV (pip install ./runtimes/python). On Ctrl-C / SIGTERM it
+Needs only the torch-free runtime, with OpenCV for the camera (pip install './runtimes/python[video]').
+On Ctrl-C / SIGTERM it
 stops after the current frame; when the camera or stream goes away it exits 1 and lets its supervisor
 (systemd Restart=always, docker --restart) start it again.
 """

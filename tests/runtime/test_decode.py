@@ -49,7 +49,7 @@ def test_size_is_refused_from_the_header_before_any_decoding(tmp_path, monkeypat
     def no_decoding(*args):
         raise AssertionError("decoded before the size check")
 
-    monkeypatch.setattr(decode.cv2, "imdecode", no_decoding)
+    monkeypatch.setattr(decode, "_decode_pillow", no_decoding)
     with pytest.raises(DataError, match=r"bomb\.png is 16384x16384 pixels \(PNG header\).*EDGEIAD_MAX_PIXELS"):
         read_image(path)
     path.write_bytes(claimed_png(32768, 32768))

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from edgeiad_runtime import Detector, Result
 from edgeiad_runtime.errors import EdgeiadError
-from edgeiad_runtime.postprocess import float32_at_least, normalize
+from edgeiad_runtime.postprocess import float32_at_least, normalize, resize_map
 from edgeiad_runtime.preprocess import Preprocessing, preprocess, to_rgb_uint8
 
 from .conftest import MEAN, NORMALIZATION, SIZE, THRESHOLDS
@@ -20,7 +20,8 @@ def _direct(artifact, image, color_order="BGR"):
     batch = preprocess(rgb, Preprocessing(SIZE, SIZE))[None]
     session = ort.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
     anomaly_map, score = session.run(None, {"image": batch})
-    return rgb, batch, cv2.resize(anomaly_map[0, 0], (image.shape[1], image.shape[0])), float(score[0])
+    # resize_map is within 1e-6 of cv2.resize (test_resize_decode_parity); the runtime must use exactly it.
+    return rgb, batch, resize_map(anomaly_map[0, 0], *image.shape[:2]), float(score[0])
 
 
 @pytest.mark.parametrize("index", range(6))

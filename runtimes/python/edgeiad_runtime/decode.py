@@ -1,22 +1,20 @@
 """Strict image-file decoding: size from the header before any pixel is decoded, damaged files refused.
 
-OpenCV decodes whatever it can: a truncated or byte-damaged JPEG comes back as a complete-looking image
-(libjpeg only prints "Premature end of JPEG file" on stderr), and a small PNG that claims 16384x16384
-pixels is decoded before any size check could run. Here the format and size are read from the header
-first, a JPEG must end after its scan, and libjpeg's warnings turn into a refusal.
+Decoders are lenient: a truncated or byte-damaged JPEG comes back as a complete-looking image (libjpeg
+only warns), and a small PNG that claims 16384x16384 pixels is decoded before any size check could run.
+Here the format and size are read from the header first, a JPEG must end after its scan, JPEGs are
+decoded by libjpeg-turbo with its warnings as errors (simplejpeg, strict) and the other formats by Pillow,
+which refuses truncated data. The result is laid out as OpenCV's IMREAD_UNCHANGED would give it (BGR[A]
+or gray), so callers that treat frames as OpenCV's work unchanged, without OpenCV installed.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import struct
-import sys
-import tempfile
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .errors import ConfigError, DataError, DataNotFoundError
@@ -27,7 +25,6 @@ DEFAULT_MAX_PIXELS = 8192 * 8192  # ~67 MP: about 1 GB of decoded pixels and flo
 MAX_PIXELS_ENV = "EDGEIAD_MAX_PIXELS"
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}
-_STDERR_LOCK = threading.Lock()  # fd 2 is process-wide: one JPEG decode at a time may borrow it
 
 
 def max_pixels_default() -> int:
@@ -45,7 +42,7 @@ def _corrupt(path: Path, why: str) -> DataError:
 
 
 def decode_image_file(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
-    """Decode an image file as OpenCV's IMREAD_UNCHANGED array, refusing oversized or damaged files."""
+    """Decode an image file as an IMREAD_UNCHANGED-style array (BGR[A] or gray), refusing oversized or damaged files."""
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"image not found: {path} (check the path)")
@@ -70,9 +67,9 @@ def decode_image_file(path: str | Path, max_pixels: int | None = None) -> np.nda
         )
     if kind == "JPEG" and data.rfind(b"\xff\xd9") < scan_end:
         raise _corrupt(path, "the JPEG is truncated (no end-of-image marker after its scan)")
-    image, warnings = _decode(data, jpeg=kind == "JPEG")
-    if warnings:
-        raise _corrupt(path, f"the JPEG is damaged ({warnings})")
+    image, problem = _decode_jpeg(data) if kind == "JPEG" else _decode_pillow(data)
+    if problem:
+        raise _corrupt(path, f"the {kind} is damaged ({problem})")
     if image is None or image.size == 0:
         raise _corrupt(path, f"the {kind} data is corrupt or truncated")
     if image.shape[:2] not in ((height, width), (width, height)):  # EXIF orientation may swap the sides
@@ -142,45 +139,34 @@ def _tiff_header(data: bytes) -> tuple[str, int, int, int]:
     return "TIFF", sizes[256], sizes[257], 0
 
 
-def _decode(data: bytes, jpeg: bool) -> tuple[np.ndarray | None, str]:
-    """cv2.imdecode with OpenCV's log silenced and stderr captured: libjpeg's warnings are returned, libpng's
-    errors dropped (a None image already says it)."""
-    buffer = np.frombuffer(data, np.uint8)
-    previous = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+def _decode_jpeg(data: bytes) -> tuple[np.ndarray | None, str]:
+    """libjpeg-turbo with warnings as errors (a damaged scan is refused, not returned half grey)."""
+    import simplejpeg
+
     try:
-        with _stderr_captured() as captured:
-            image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
-            printed = captured()
-    finally:
-        cv2.utils.logging.setLogLevel(previous)
-    warnings = _library_lines(printed)
-    return image, "; ".join(line for line in warnings if "JPEG" in line or "jpeg" in line) if jpeg else ""
+        header = simplejpeg.decode_jpeg_header(data)
+        gray = header[2] == "Gray"
+        image = simplejpeg.decode_jpeg(data, colorspace="GRAY" if gray else "BGR", strict=True)
+    except (ValueError, RuntimeError) as exc:  # simplejpeg reports libjpeg's errors and warnings as ValueError
+        return None, str(exc).strip().splitlines()[0] if str(exc).strip() else "libjpeg error"
+    return (image[:, :, 0] if gray else image), ""
 
 
-def _library_lines(text: str) -> list[str]:
-    """The codec libraries' lines of captured stderr; anything else (another thread's output) is passed on."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    ours = [line for line in lines if any(tag in line for tag in ("JPEG", "jpeg", "libpng", "TIFF", "tiff"))]
-    others = [line for line in lines if line not in ours]
-    if others:
-        print("\n".join(others), file=sys.stderr)
-    return ours
+def _decode_pillow(data: bytes) -> tuple[np.ndarray | None, str]:
+    """PNG, BMP, TIFF through Pillow; palettes expanded; channels reordered to OpenCV's BGR[A]."""
+    from PIL import Image, UnidentifiedImageError
 
-
-@contextmanager
-def _stderr_captured():
-    """Point fd 2 at a temporary file (libjpeg writes warnings there with fprintf) and yield a reader of it."""
-    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
-        try:
-            sys.stderr.flush()
-            saved = os.dup(2)
-        except (OSError, ValueError, AttributeError):  # no stderr at all (a detached daemon): decode unchecked
-            yield lambda: ""
-            return
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lambda: (sink.seek(0), sink.read().decode("utf-8", "replace"))[1]
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()  # truncated data raises here (Pillow does not pad it unless told to)
+            image = opened
+            if image.mode == "P":
+                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+            elif image.mode in ("1", "LA", "PA", "CMYK", "YCbCr", "HSV", "LAB"):
+                image = image.convert("RGBA" if image.mode in ("LA", "PA") else "RGB")
+            pixels = np.asarray(image)
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        return None, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if pixels.ndim == 3 and pixels.shape[2] in (3, 4):
+        pixels = np.ascontiguousarray(pixels[:, :, [2, 1, 0, 3][: pixels.shape[2]]])
+    return pixels, ""

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
 
-import cv2
 import numpy as np
 
 from .backends.base import Backend, choose_backend, create_backend
@@ -230,9 +229,9 @@ class Detector:
             if isinstance(image, (str, os.PathLike)):
                 return read_image(image, self._max_pixels)
             if isinstance(image, np.ndarray) and image.dtype != object and not image.flags.c_contiguous:
-                image = np.ascontiguousarray(image)  # OpenCV needs unit-stride pixels (views, flips, crops)
+                image = np.ascontiguousarray(image)  # views, flips and crops become one unit-stride block
             return to_rgb_uint8(image, source=source, color_order=order)
-        except (cv2.error, TypeError, OverflowError) as exc:
+        except (TypeError, OverflowError) as exc:
             first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise DataError(f"{source} cannot be converted to an RGB image ({first_line})") from None
         except MemoryError:

@@ -9,18 +9,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .decode import MAX_SIDE, decode_image_file
-from .errors import DataError
+from .errors import DataError, require
+from .resize import resize_linear_uint8, resize_nearest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 # "antialias": pixel-area averaging when shrinking (a 3-px trace or scratch keeps its weight instead of being
 # sampled or skipped by a 2x2 bilinear tap), bilinear when enlarging.
-_INTERPOLATION = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST, "antialias": None}
-INTERPOLATIONS = tuple(_INTERPOLATION)
+_INTERPOLATION = ("linear", "area", "nearest", "antialias")
+INTERPOLATIONS = _INTERPOLATION
 
 
 @dataclass(frozen=True)
@@ -81,16 +81,12 @@ def to_rgb_uint8(image: np.ndarray, source: str = "image", color_order: str = "R
             f"{source} is {image.shape[0]}x{image.shape[1]} pixels: larger than {MAX_SIDE}, downscale it first"
         )
     image = _to_uint8(image, source)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        code = cv2.COLOR_BGRA2RGB if color_order == "BGR" else cv2.COLOR_RGBA2RGB
-        return cv2.cvtColor(image, code)
-    if color_order == "BGR":
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if color_order != "RGB":
+    if color_order not in ("RGB", "BGR"):
         raise DataError(f"unknown color order {color_order!r}: use 'RGB' or 'BGR'")
-    return np.ascontiguousarray(image)
+    if image.ndim == 2:
+        return np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2))
+    rgb = image[:, :, 2::-1] if color_order == "BGR" else image[:, :, :3]  # alpha dropped, as cvtColor does
+    return np.ascontiguousarray(rgb)
 
 
 def _to_uint8(image: np.ndarray, source: str) -> np.ndarray:
@@ -120,18 +116,22 @@ def preprocess(rgb: np.ndarray, spec: Preprocessing) -> np.ndarray:
     if spec.channel_order == "BGR":
         rgb = rgb[:, :, ::-1]
     if rgb.shape[0] != spec.height or rgb.shape[1] != spec.width:
-        rgb = cv2.resize(rgb, (spec.width, spec.height), interpolation=_flag(spec.interpolation, rgb.shape, spec))
+        rgb = resize(rgb, spec.height, spec.width, spec.interpolation)
     mean = np.asarray(spec.mean, dtype=np.float32)
     inv_std = (1.0 / np.asarray(spec.std, dtype=np.float32)).astype(np.float32)
     normalised = (rgb.astype(np.float32) - mean) * inv_std
     return np.ascontiguousarray(normalised.transpose(2, 0, 1))
 
 
-def _flag(interpolation: str, shape: tuple, spec: Preprocessing) -> int:
-    if interpolation != "antialias":
-        return _INTERPOLATION[interpolation]
-    shrinking = spec.height <= shape[0] and spec.width <= shape[1]
-    return cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+def resize(image: np.ndarray, height: int, width: int, interpolation: str = "linear") -> np.ndarray:
+    """Resize a uint8 image exactly as cv2.resize would (linear, nearest; 'area' needs OpenCV itself)."""
+    shrinking = height <= image.shape[0] and width <= image.shape[1]
+    if interpolation == "linear" or (interpolation == "antialias" and not shrinking):
+        return resize_linear_uint8(image, height, width)
+    if interpolation == "nearest":
+        return resize_nearest(image, height, width)
+    cv2 = require("cv2", "video", package="edgeiad-runtime")  # area averaging: no default model uses it
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def preprocess_batch(images: list[np.ndarray], spec: Preprocessing) -> np.ndarray:

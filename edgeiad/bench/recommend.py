@@ -1,0 +1,76 @@
+"""Which case to deploy for a latency budget: the most accurate one that fits, lighter on a tie."""
+
+from __future__ import annotations
+
+import math
+
+
+def budget_for(value: float) -> float:
+    """`value` rounded up to two significant digits: the budget line a reader would write down (4.13 → 4.2)."""
+    if value <= 0:
+        return 0.0
+    scale = 10.0 ** (math.floor(math.log10(value)) - 1)
+    return round(math.ceil(value / scale - 1e-9) * scale, 10)
+
+
+def _measured(records: list[dict]) -> list[dict]:
+    return [
+        r
+        for r in records
+        if r.get("status") == "ok"
+        and r.get("per_image_ms")
+        and (r.get("accuracy") or {}).get("image_auroc") is not None
+    ]
+
+
+def recommendations(records: list[dict]) -> list[dict]:
+    """The staircase of picks: fastest first, a new pick only where a slower case is more accurate.
+
+    Among cases as accurate and as fast (to the budget's two digits), the one with less peak RSS wins.
+    """
+    measured = sorted(
+        _measured(records),
+        key=lambda r: (budget_for(r["per_image_ms"]), -_auroc(r), r.get("peak_rss_mb") or 0, r["per_image_ms"]),
+    )
+    picks, best = [], -1.0
+    for record in measured:
+        if _auroc(record) <= best:
+            continue
+        best = _auroc(record)
+        picks.append(
+            {
+                "budget_ms": budget_for(record["per_image_ms"]),
+                "key": record["key"],
+                "case": describe(record),
+                "per_image_ms": record["per_image_ms"],
+                "image_auroc": record["accuracy"]["image_auroc"],
+                "peak_rss_mb": record.get("peak_rss_mb"),
+                "size_mb": record.get("size_mb"),
+            }
+        )
+    return picks
+
+
+def _auroc(record: dict) -> float:
+    return round(record["accuracy"]["image_auroc"], 4)  # differences below 1e-4 are noise, not a reason to wait
+
+
+def describe(record: dict) -> str:
+    """model/target/precision, with stats, batch and threads only where they are not the defaults."""
+    text = f"{record['model']}/{record['target']}/{record['precision']}"
+    if record.get("stats") == "sidecar":
+        text += "/sidecar"
+    extras = [f"batch {record['batch']}" if record.get("batch", 1) != 1 else ""]
+    extras.append(f"{record['threads']} threads" if record.get("threads", 1) != 1 else "")
+    extras = [e for e in extras if e]
+    return text + (f" ({', '.join(extras)})" if extras else "")
+
+
+def recommendation_lines(picks: list[dict]) -> list[str]:
+    """'for ≤ X ms on this box: case, AUROC, RSS' lines (under 80 columns for a usual case), fastest first."""
+    lines = []
+    for pick in picks:
+        rss = f"{pick['peak_rss_mb']:.0f} MB RSS" if pick.get("peak_rss_mb") else "RSS –"
+        budget = f"for ≤ {pick['budget_ms']:g} ms on this box"
+        lines.append(f"{budget}: {pick['case']}, AUROC {pick['image_auroc']:.3f}, {rss}")
+    return lines

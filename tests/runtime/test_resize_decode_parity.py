@@ -1,0 +1,58 @@
+"""Without OpenCV in the runtime: numpy resize and Pillow/simplejpeg decoding give OpenCV's exact pixels."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from edgeiad_runtime.decode import decode_image_file
+from edgeiad_runtime.postprocess import resize_map
+from edgeiad_runtime.preprocess import Preprocessing, preprocess, read_image
+from edgeiad_runtime.resize import resize_linear_uint8, resize_nearest
+
+SIZES = [(300, 400, 256, 256), (1024, 768, 256, 256), (64, 80, 256, 256), (77, 131, 64, 64), (255, 257, 320, 192)]
+
+
+@pytest.mark.parametrize(("height", "width", "to_height", "to_width"), SIZES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_linear_resize_is_bit_identical_to_opencv(height, width, to_height, to_width, channels):
+    rng = np.random.default_rng(height * width + channels)
+    image = rng.integers(0, 256, (height, width, channels), dtype=np.uint8).squeeze()
+    expected = cv2.resize(image, (to_width, to_height), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(resize_linear_uint8(image, to_height, to_width), expected)
+    np.testing.assert_array_equal(
+        resize_nearest(image, to_height, to_width), cv2.resize(image, (to_width, to_height), interpolation=0)
+    )
+    values = rng.random((height // 4 + 2, width // 4 + 2), dtype=np.float32) * 50
+    np.testing.assert_allclose(
+        resize_map(values, to_height, to_width), cv2.resize(values, (to_width, to_height)), rtol=1e-6, atol=1e-5
+    )
+
+
+def test_preprocess_matches_the_opencv_path_it_replaced():
+    rng = np.random.default_rng(5)
+    rgb = cv2.GaussianBlur(rng.integers(0, 256, (333, 517, 3), dtype=np.uint8), (5, 5), 0)
+    spec = Preprocessing(height=256, width=256)
+    resized = cv2.resize(rgb, (256, 256), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    expected = ((resized - 127.0) * np.float32(1 / 128.0)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(preprocess(rgb, spec), expected)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".tif"])
+@pytest.mark.parametrize("layout", ["color", "gray", "alpha", "16-bit"])
+def test_decoding_matches_opencv_imread(tmp_path, suffix, layout):
+    rng = np.random.default_rng(1)
+    color = cv2.GaussianBlur(rng.integers(0, 256, (61, 87, 3), dtype=np.uint8), (5, 5), 0)
+    arrays = {"color": color, "gray": color[:, :, 1].copy(), "alpha": np.dstack([color, color[:, :, :1]])}
+    arrays["16-bit"] = rng.integers(0, 65536, color.shape, dtype=np.uint16)
+    if layout in ("alpha", "16-bit") and suffix in (".jpg", ".bmp"):
+        pytest.skip(f"{suffix} has no {layout} layout")
+    path = tmp_path / f"frame{suffix}"
+    cv2.imwrite(str(path), arrays[layout])
+    reference = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if reference.dtype == np.uint8:
+        np.testing.assert_array_equal(decode_image_file(path), reference)
+    reference = (reference >> 8).astype(np.uint8) if reference.dtype == np.uint16 else reference
+    order = {2: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}
+    expected = cv2.cvtColor(reference, order[reference.ndim if reference.ndim == 2 else reference.shape[2]])
+    np.testing.assert_array_equal(read_image(path), expected)

@@ -1,0 +1,107 @@
+"""The bench report helps decide: a pick per latency budget, a readable plot, a table that fits 80 columns."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from rich.console import Console
+
+from edgeiad.bench.page import html_report
+from edgeiad.bench.recommend import budget_for, recommendation_lines, recommendations
+from edgeiad.bench.report import compare_table, mark_pareto, ordered, print_table
+from edgeiad.bench.svg import _place_labels, boxes_svg, linear_ticks, log_ticks
+
+
+def _case(model, target, precision, ms, auroc, rss=200.0, batch=1):
+    key = f"{model}-{target}-{precision}-baked/b{batch}/t1"
+    return {"key": key, "model": model, "target": target, "precision": precision, "stats": "baked", "batch": batch,
+            "threads": 1, "status": "ok", "per_image_ms": ms, "size_mb": 3.0, "peak_rss_mb": rss,
+            "latency": {"p50_ms": ms, "p95_ms": ms * 1.2, "p99_ms": ms * 1.5}, "throughput_ips": 1000 / ms,
+            "accuracy": {"image_auroc": auroc}, "latencies_ms": [ms] * 50 + [ms * 40]}  # fmt: skip
+
+
+@pytest.fixture
+def document():
+    cases = [
+        _case("padim", "onnx", "fp32", 4.2, 0.91, rss=180),
+        _case("padim", "openvino", "int8", 2.1, 0.90, rss=150),
+        _case("patchcore", "onnx", "fp32", 16.0, 0.96, rss=320),
+        _case("patchcore", "openvino", "fp32", 9.5, 0.96, rss=300),
+        _case("patchcore", "openvino", "int8", 4.4, 0.91, rss=260),
+        {"key": "padim-trt-fp32-baked/b1/t1", "model": "padim", "status": "skipped", "reason": "no TensorRT here"},
+    ]
+    mark_pareto(cases)
+    env = {"cpu": {"model": "Test CPU", "cores": 2, "isa": ["avx2"]}, "memory_gb": 8, "gpus": [], "os": "Linux",
+           "python": "3.11", "versions": {"edgeiad": "0.1.0"}}  # fmt: skip
+    return {"created": "now", "environment": env, "settings": {"iters": 3}, "cases": ordered(cases)}
+
+
+def test_one_pick_per_budget_most_accurate_then_lightest(document):
+    picks = recommendations(document["cases"])
+    assert [(p["budget_ms"], p["key"].split("/")[0]) for p in picks] == [
+        (2.1, "padim-openvino-int8-baked"),
+        (4.2, "padim-onnx-fp32-baked"),  # patchcore/openvino/int8 ties at 0.91 but is slower and heavier
+        (9.5, "patchcore-openvino-fp32-baked"),  # patchcore/onnx is as accurate but slower
+    ]
+    line = recommendation_lines(picks)[-1]
+    assert line == "for ≤ 9.5 ms on this box: patchcore/openvino/fp32, AUROC 0.960, 300 MB RSS"
+    assert budget_for(4.13) == 4.2 and budget_for(0.0131) == pytest.approx(0.014) and budget_for(20) == 20
+
+
+def test_a_slower_case_is_recommended_only_when_it_is_more_accurate(document):
+    for case in document["cases"]:
+        if case.get("accuracy"):
+            case["accuracy"]["image_auroc"] = 1.0  # all perfect: the fastest one is the only pick
+    assert [p["key"].split("/")[0] for p in recommendations(document["cases"])] == ["padim-openvino-int8-baked"]
+
+
+def test_terminal_output_fits_80_columns_and_never_splits_numbers(document):
+    buffer = io.StringIO()
+    print_table(document, Console(file=buffer, width=80, color_system=None))
+    text = buffer.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "for ≤ 9.5 ms on this box" in text and "skipped: padim-trt" in text
+    for number in ("4.2", "0.96", "320", "16"):
+        assert re.search(rf"(^|\s){re.escape(number)}(\s|$)", text, re.M), number
+
+
+def test_ticks_are_even_and_labels_do_not_overlap():
+    assert log_ticks(0.7, 60) == [1, 2, 5, 10, 20, 50]
+    ticks = linear_ticks(0.874, 0.982)
+    steps = {round(b - a, 6) for a, b in zip(ticks, ticks[1:])}
+    assert len(steps) == 1 and 3 <= len(ticks) <= 6
+    crowded = [(300 + i, 200 + i % 3, f"patchcore openvino int8 {i}") for i in range(6)]
+    placed = _place_labels(crowded, (60, 16, 576, 338))
+    boxes = [(x, y - 8, x + len(label) * 5.5, y + 2) for x, y, label, _ in placed]
+    for i, a in enumerate(boxes):
+        assert 60 <= a[0] and a[2] <= 576, "label clipped"
+        assert not any(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3] for b in boxes[i + 1 :])
+
+
+def test_report_has_recommendation_step_front_model_labels_and_folded_table(document):
+    page = html_report(document)
+    assert page.index("Recommendation") < page.index("Latency vs AUROC") < page.index("<details>")
+    assert 'class="front"' in page and ">patchcore openvino fp32<" in page
+    front = re.search(r'class="front" points="([^"]+)"', page).group(1).split()
+    ys = [float(p.split(",")[1]) for p in front]
+    assert len(front) >= 3 and all(b <= a for a, b in zip(ys, ys[1:]))  # a staircase going up (SVG y down)
+    assert page.count("<table>") == 3  # compact cases, the folded full table, the environment
+
+
+def test_latency_boxes_are_clipped_at_p99_and_outliers_marked():
+    svg = boxes_svg([("fast", [1.0] * 99 + [80.0], "#000"), ("slow", [5.0] * 100, "#111")])
+    widths = [float(w) for w in re.findall(r'<rect x="[^"]+" y="[^"]+" width="([^"]+)"', svg)]
+    assert "▸ max 80 ms" in svg and all(w >= 1 for w in widths)
+    assert "axis ends at the largest p99" in svg
+
+
+def test_compare_table_fits_80_columns_with_whole_numbers():
+    rows = [{"key": "patchcore-openvino-int8-sidecar/b8/t2", "ratios": {"per_image_ms": 1.234, "peak_rss_mb": 0.97},
+             "regressions": ["per_image_ms", "p95_ms"]}]  # fmt: skip
+    buffer = io.StringIO()
+    Console(file=buffer, width=80, color_system=None).print(compare_table(rows, "new vs base"))
+    text = buffer.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "1.23" in text and "0.97" in text and "ms, p95" in text and "patchcore-openvino-int8" in text
