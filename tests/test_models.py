@@ -103,3 +103,54 @@ def test_readme_models_table_is_generated_from_the_registry():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert markdown_table() in readme, "README models table is stale: paste `edgeiad models --markdown`"
+
+
+def test_ensemble_members_equal_patchcore_and_padim_with_its_statistics(trained_runs):
+    """The ensemble's heads are PatchCore's and PaDiM's: same statistics, same patch scores, then calibrated."""
+    from edgeiad.models.padim.torch_model import PadimModel, mahalanobis_distances
+    from edgeiad.models.patchcore.torch_model import PatchCoreModel
+
+    _record, ensemble = load_model(trained_runs["ensemble"])
+    config = ensemble.config
+    patchcore = PatchCoreModel(get_model("patchcore").make_config(**_shared(config), bank_size=config.bank_size))
+    patchcore.memory_bank.copy_(ensemble.memory_bank)
+    padim = PadimModel(get_model("padim").make_config(**_shared(config), n_features=config.n_features))
+    padim.mean.copy_(ensemble.mean)
+    padim.inv_covariance.copy_(ensemble.inv_covariance)
+    assert torch.equal(padim.channel_index, ensemble.channel_index)
+    image = torch.randn(2, 3, SYNTH_SIZE, SYNTH_SIZE, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        nearest, mahalanobis = ensemble.member_scores(image)
+        torch.testing.assert_close(nearest, patchcore.patch_scores(patchcore.embed(image), patchcore.memory_bank))
+        torch.testing.assert_close(
+            mahalanobis, mahalanobis_distances(padim.embed(image), padim.mean, padim.inv_covariance)
+        )
+    (shift_a, scale_a), (shift_b, scale_b) = ensemble.calibration.tolist()
+    expected = ((nearest - shift_a) / scale_a + (mahalanobis - shift_b) / scale_b) / 2
+    torch.testing.assert_close(ensemble.combine(nearest, mahalanobis, ensemble.calibration), expected)
+    assert scale_a > 0 and scale_b > 0 and (shift_a, shift_b) != (0.0, 0.0)  # fitted, not the identity
+
+
+def test_ensemble_calibration_puts_held_out_good_patches_on_one_scale(synthetic_mvtec):
+    from edgeiad.data import iter_batches, load_dataset
+    from edgeiad.models.ensemble.fit import _held_out, fit_ensemble
+
+    from .conftest import model_overrides
+
+    config = get_model("ensemble").make_config(**model_overrides("ensemble"), calibration_share=0.25)
+    train = load_dataset(synthetic_mvtec).train
+    model, info = fit_ensemble(config, iter_batches(train, config.preprocessing()))
+    held = _held_out(len(train), 0.25)
+    assert info["n_calibration"] == held.numel() == 3 and info["n_fit"] == len(train) - 3
+    images = next(iter_batches([train[i] for i in held.tolist()], config.preprocessing(), batch_size=8))[0]
+    nearest, mahalanobis = model.member_scores(torch.from_numpy(images))
+    for member, scores in enumerate((nearest, mahalanobis)):
+        shift, scale = model.calibration[member].tolist()
+        calibrated = ((scores - shift) / scale).flatten().double()
+        assert abs(float(torch.quantile(calibrated, 0.5))) < 1e-5  # held-out median → 0
+        assert abs(float(torch.quantile(calibrated, 0.995)) - 1.0) < 1e-4  # its 99.5 % quantile → 1
+
+
+def _shared(config) -> dict:
+    keys = ("backbone", "layers", "image_size", "resize", "interpolation", "seed", "sigma")
+    return {key: getattr(config, key) for key in keys}
