@@ -27,15 +27,19 @@ class ModelConfig:
     layers: tuple[int, ...] = ()  # empty: the backbone's default blocks
     image_size: tuple[int, int] = (256, 256)
     # "aspect": fit() reshapes image_size to the training images' aspect ratio at about the same pixel count, so
-    # wide or tall parts are not squashed; "squash": every image is resized to image_size as given.
+    # wide or tall parts are not squashed, and enlarges small images by at most `max_upscale`; "squash": every
+    # image is resized to image_size as given.
     resize: str = "aspect"
+    # Blowing an 80-px tile up to 256 px leaves each stride-8 cell 2.5 source pixels of texture: measured on
+    # CrackForest tiles, image AUROC fell from 0.93 (96 px) to 0.85 (256 px). 0 = no limit.
+    max_upscale: float = 1.5
     interpolation: str = "linear"  # how frames are resized to image_size: linear, area, antialias (see preprocess)
     seed: int = 0
     sigma: float = 4.0  # Gaussian smoothing of the anomaly map, in input pixels
     extra: dict = field(default_factory=dict)
 
     # Values a config.json written before a field existed meant: an old run reloads exactly as it was fitted.
-    LEGACY = {"resize": "squash", "interpolation": "linear"}
+    LEGACY = {"resize": "squash", "interpolation": "linear", "max_upscale": 0.0}
 
     def preprocessing(self) -> Preprocessing:
         """The preprocessing this model's backbone expects, at this config's input size."""
@@ -82,6 +86,8 @@ class ModelConfig:
             )
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed {self.seed!r} is not supported: use an integer from 0 to 4294967295")
+        if not isinstance(self.max_upscale, (int, float)) or not 0 <= self.max_upscale <= 16:
+            raise ConfigError(f"max_upscale {self.max_upscale!r} is invalid: use 0 (no limit) or a factor up to 16")
         if self.resize not in RESIZE_MODES:
             raise ConfigError(f"resize {self.resize!r} is invalid: use one of {', '.join(RESIZE_MODES)}")
         if self.interpolation not in INTERPOLATIONS:
@@ -93,7 +99,10 @@ class ModelConfig:
         """The input (height, width) for training images of these sizes: image_size itself unless resize="aspect"."""
         if self.resize != "aspect" or not sizes:
             return tuple(self.image_size)
-        aspect = float(np.median([width / height for height, width in sizes]))
-        area = self.image_size[0] * self.image_size[1]
-        height = _multiple_of_16(math.sqrt(area / aspect))
-        return height, _multiple_of_16(area / height)
+        heights, widths = np.array(sizes, dtype=np.float64).T
+        aspect = float(np.median(widths / heights))
+        area = float(self.image_size[0] * self.image_size[1])
+        if self.max_upscale > 0:
+            area = min(area, float(np.median(heights * widths)) * self.max_upscale**2)
+        height = math.sqrt(area / aspect)
+        return _multiple_of_16(height), _multiple_of_16(height * aspect)
