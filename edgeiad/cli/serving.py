@@ -1,4 +1,4 @@
-"""`edgeiad triton`: artifact → Triton model repository."""
+"""`edgeiad triton` (artifact → Triton model repository) and `edgeiad serve` (local PyTriton server)."""
 
 from __future__ import annotations
 
@@ -58,3 +58,29 @@ def write_triton(artifact, out, name, profile, version=1, instances=None, dynami
         _say(f"  {path.relative_to(out)}")
     _say(f"serve it: tritonserver --model-repository {out}   (Triton with the matching backend)")
     _say(f"client:   edgeiad watch {target} --server http://HOST:8000 --source 0")
+
+
+@app.command(
+    epilog=examples(
+        "edgeiad serve artifacts/padim                                # http 8000, grpc 8001, metrics 8002",
+        "edgeiad serve artifacts/padim artifacts/patchcore --port 9000 --batching both",
+        "edgeiad serve artifacts/padim --host 0.0.0.0                 # reachable by cameras on the network",
+    )
+)
+def serve(
+    artifacts: list[Path] = typer.Argument(..., help="artifact folders; each is served under its folder name"),
+    port: int = typer.Option(8000, "--port", help="HTTP port; gRPC on port+1, metrics (/metrics) on port+2"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
+    name: list[str] = typer.Option(None, "--name", help="model name, one per artifact  [default: folder names]"),
+    batching: str = typer.Option(
+        "on", "--batching", help="dynamic batching: on, off, or both (NAME batched and NAME-nobatch, for bench)"
+    ),
+    profile: str = typer.Option(None, "--profile", help="device profile: preferred batch sizes, queue delay"),
+    instances: int = typer.Option(None, "--instances", help="model instances per artifact  [default: 1]"),
+    threads: int = typer.Option(None, "--threads", help="inference threads per instance  [default: the backend's]"),
+) -> None:
+    """Serve artifacts with a local Triton Inference Server (PyTriton) until Ctrl-C; needs edgeiad[serve]."""
+    from ..serving.serve import serve as run_server
+
+    settings = _settings(profile, instances=instances, threads=threads)
+    run_server(artifacts, port=port, host=host, batching=batching, settings=settings, names=name or None, echo=_say)
