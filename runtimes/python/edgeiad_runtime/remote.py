@@ -57,7 +57,13 @@ class _Connection:
             self._client = module.InferenceServerClient(address)
 
     def ready(self, model: str) -> bool:
-        return bool(self._call(self._client.is_model_ready, model))
+        """False for a model the server does not know (gRPC answers that with an error, HTTP with a status)."""
+        try:
+            return bool(self._call(self._client.is_model_ready, model))
+        except ServerUnavailableError:
+            raise
+        except ServerError:
+            return False
 
     def config(self, model: str) -> dict:
         """The model's configuration as JSON (gRPC's int64 fields turned back into numbers)."""
@@ -127,6 +133,15 @@ def _triton_dtype(array: np.ndarray) -> str:
         return _DTYPES[array.dtype.name]
     except KeyError:
         raise DataError(f"cannot send a {array.dtype} tensor to Triton: use float32") from None
+
+
+def model_ready(url: str, model: str, timeout: float = 10.0) -> bool:
+    """True when the server at `url` has `model` loaded and ready (ServerUnavailableError when it is down)."""
+    connection = _Connection(*parse_server_url(url), timeout)
+    try:
+        return connection.ready(model)
+    finally:
+        connection.close()
 
 
 class TritonBackend(Backend):
