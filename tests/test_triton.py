@@ -109,6 +109,23 @@ def test_baked_sidecar_statistics_compute_what_the_artifact_computes(tmp_path, t
     np.testing.assert_allclose(out["pred_score"], scores, rtol=1e-6, atol=1e-6)
 
 
+def test_frames_model_takes_raw_frames_and_carries_the_artifact(tmp_path):
+    artifact = make_artifact(tmp_path, "onnx", False, "sidecar", batch_max=4)
+    model = write_repository(artifact, tmp_path / "repo", frames=True, settings=Settings(threads=2))
+    assert (model / "1" / "model.py").is_file() and (model / "1" / "artifact" / "stats.safetensors").is_file()
+    config = parse_config((model / "config.pbtxt").read_text())
+    assert config.backend == "python" and config.max_batch_size == 4
+    from tritonclient.grpc.model_config_pb2 import DataType
+
+    frame = config.input[0]
+    assert (frame.name, DataType.Name(frame.data_type), list(frame.dims)) == ("frame", "TYPE_UINT8", [-1, -1, 3])
+    assert [(t.name, list(t.dims), t.HasField("reshape")) for t in config.output] == [
+        ("anomaly_map", [1, SIZE, SIZE], False),
+        ("pred_score", [1], False),
+    ]
+    assert config.parameters["edgeiad_threads"].string_value == "2"
+
+
 def test_a_static_batch_is_served_at_exactly_that_shape(tmp_path):
     model = write_repository(make_artifact(tmp_path, "onnx", False, "baked", batch=4), tmp_path / "repo")
     config = parse_config((model / "config.pbtxt").read_text())

@@ -28,6 +28,7 @@ def _settings(profile: str | None, **given):
     epilog=examples(
         "edgeiad triton artifacts/padim --out triton-repo                 # triton-repo/padim/...",
         "edgeiad triton artifacts/patchcore-trt --out triton-repo --profile x86-cuda --name line3",
+        "edgeiad triton artifacts/padim --out triton-repo --frames --name padim-frames   # raw frames in",
         "tritonserver --model-repository triton-repo                      # then RemoteDetector(URL, 'padim')",
     )
 )
@@ -41,20 +42,26 @@ def triton(
     version: int = typer.Option(1, "--version", help="model version folder"),
     instances: int = typer.Option(None, "--instances", help="model instances (parallel executions)  [default: 1]"),
     no_batching: bool = typer.Option(False, "--no-dynamic-batching", help="leave Triton's dynamic batcher off"),
+    frames: bool = typer.Option(
+        False, "--frames", help="Python-backend model taking raw uint8 RGB frames: preprocessing runs in Triton"
+    ),
     force: bool = typer.Option(False, "--force", help="replace REPO/NAME if it exists"),
 ) -> None:
     """Write an artifact as a Triton model: config.pbtxt, VERSION/model file, edgeiad.json (the manifest)."""
-    write_triton(artifact, out, name, profile, version, instances, not no_batching, force)
+    write_triton(artifact, out, name, profile, version, instances, not no_batching, force, frames)
 
 
-def write_triton(artifact, out, name, profile, version=1, instances=None, dynamic_batching=True, force=False) -> None:
+def write_triton(
+    artifact, out, name, profile, version=1, instances=None, dynamic_batching=True, force=False, frames=False
+) -> None:
     """Write the repository entry and print its files and the next commands (also `export --target triton`)."""
     from ..serving import write_repository
 
     settings = _settings(profile, instances=instances, dynamic_batching=dynamic_batching)
-    target = write_repository(artifact, out, name=name, settings=settings, version=version, force=force, echo=_say)
+    options = {"settings": settings, "version": version, "force": force, "echo": _say, "frames": frames}
+    target = write_repository(artifact, out, name=name, **options)
     _say(f"model repository entry: {target}")
-    for path in sorted(p for p in target.rglob("*") if p.is_file()):
+    for path in sorted(p for p in target.rglob("*") if p.is_file() and "artifact" not in p.parent.parts[-1:]):
         _say(f"  {path.relative_to(out)}")
     _say(f"serve it: tritonserver --model-repository {out}   (Triton with the matching backend)")
     _say(f"client:   edgeiad watch {target} --server http://HOST:8000 --source 0")

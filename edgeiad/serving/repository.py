@@ -87,6 +87,22 @@ def model_name(text: str) -> str:
     return text
 
 
+FRAMES = Serving("python", None, None, "model.py", "KIND_CPU")  # raw frames in, the runtime preprocessing in Triton
+
+
+def frame_tensors(manifest: dict) -> tuple[int, list[dict], list[dict]]:
+    """A frames model: any-size uint8 RGB frames in (Triton batches equal sizes), raw outputs per frame."""
+    batch = manifest["batch"]
+    height, width = manifest["inputs"]["image"]["shape"][2:]
+    fp32 = Enum("TYPE_FP32")
+    inputs = [{"name": "frame", "data_type": Enum("TYPE_UINT8"), "dims": [-1, -1, 3]}]
+    outputs = [
+        {"name": "anomaly_map", "data_type": fp32, "dims": [1, height, width]},
+        {"name": "pred_score", "data_type": fp32, "dims": [1]},
+    ]
+    return batch["max"] or batch["size"] or 16, inputs, outputs
+
+
 def tensors(manifest: dict) -> tuple[int, list[dict], list[dict]]:
     """max_batch_size and the input/output entries of config.pbtxt, from the manifest's shapes."""
     image = manifest["inputs"]["image"]["shape"]
@@ -104,8 +120,8 @@ def tensors(manifest: dict) -> tuple[int, list[dict], list[dict]]:
 
 
 def triton_config(manifest: dict, name: str, serving: Serving, settings: Settings) -> dict:
-    """The config.pbtxt content (as plain values) for one tensor-in model."""
-    max_batch, inputs, outputs = tensors(manifest)
+    """The config.pbtxt content (as plain values) for one tensor-in or frames model."""
+    max_batch, inputs, outputs = frame_tensors(manifest) if serving is FRAMES else tensors(manifest)
     config = {"name": name, "backend": serving.backend, "platform": serving.platform, "max_batch_size": max_batch}
     config.update(input=inputs, output=outputs)
     if max_batch and settings.dynamic_batching:
@@ -130,6 +146,8 @@ def backend_parameters(manifest: dict, serving: Serving, settings: Settings) -> 
     parameters = {}
     if serving.backend == "onnxruntime" and settings.threads:
         parameters["intra_op_thread_count"] = str(settings.threads)
+    if serving is FRAMES and settings.threads:
+        parameters["edgeiad_threads"] = str(settings.threads)
     if serving.backend == "openvino":
         parameters["PERFORMANCE_HINT"] = "LATENCY"  # as the local runtime compiles it
         if settings.threads:
@@ -154,6 +172,9 @@ def config_comments(manifest: dict, artifact: Path, serving: Serving) -> list[st
         )
     if serving.accelerator:
         lines.append("deferred TensorRT artifact: ONNX Runtime builds the TensorRT engine on the serving GPU")
+    if serving is FRAMES:
+        lines.append("frames model: uint8 RGB frames in, preprocessed here by edgeiad-runtime (pip install it in")
+        lines.append("the server's Python); 1/artifact is the artifact, verified when the model loads")
     return lines
 
 
@@ -218,8 +239,12 @@ def write_repository(
     version: int = 1,
     force: bool = False,
     echo=None,
+    frames: bool = False,
 ) -> Path:
-    """Write REPOSITORY/NAME (config.pbtxt, VERSION/model file, edgeiad.json) from a verified artifact folder."""
+    """Write REPOSITORY/NAME (config.pbtxt, VERSION/model file, edgeiad.json) from a verified artifact folder.
+
+    frames: a Python-backend model taking raw uint8 RGB frames (preprocessing on the server) instead of tensors.
+    """
     from edgeiad_runtime.manifest import MANIFEST_NAME, load_manifest
 
     from ..runs import StagingDir
@@ -234,11 +259,14 @@ def write_repository(
     target = Path(repository) / name
     if target.exists() and not force:
         raise ConfigError(f"{target} exists: choose another --name or pass --force to replace it")
-    serving = serving_for(manifest, settings.gpu)
+    serving = FRAMES if frames else serving_for(manifest, settings.gpu)
     with StagingDir(target) as staging:
         version_dir = staging / str(version)
         version_dir.mkdir()
-        if write_model_files(folder, manifest, serving, version_dir):
+        if frames:
+            shutil.copy2(Path(__file__).with_name("triton_frames_model.py"), version_dir / "model.py")
+            shutil.copytree(folder, version_dir / "artifact")
+        elif write_model_files(folder, manifest, serving, version_dir):
             echo("sidecar statistics baked into the model; checking it against the artifact")
             check_rewritten(folder, manifest, serving, version_dir)
         shutil.copy2(folder / MANIFEST_NAME, staging / MANIFEST_COPY)

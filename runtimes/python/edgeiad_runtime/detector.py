@@ -199,12 +199,19 @@ class Detector:
             start = perf_counter()
             rgb = self._to_rgb(image, order, f"image {index}" if len(images) > 1 else "image")
             sizes.append(rgb.shape[:2])
-            tensors.append(preprocess(rgb, self._spec))
+            tensors.append(self._prepare(rgb))
             del rgb  # large frames: keep only the small model input alive
             pre_ms.append(_ms(start))
         with self._in_use() as backend:
-            maps, scores, infer_ms = self._infer(backend, np.stack(tensors))
+            maps, scores, infer_ms = self._run_prepared(backend, tensors)
         return [self._result(maps[i], float(scores[i]), sizes[i], pre_ms[i], infer_ms[i]) for i in range(len(images))]
+
+    def _prepare(self, rgb: np.ndarray) -> np.ndarray:
+        """What the model is fed for one RGB frame: its preprocessed 3xHxW float32 tensor."""
+        return preprocess(rgb, self._spec)
+
+    def _run_prepared(self, backend: Backend, tensors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        return self._infer(backend, np.stack(tensors))
 
     def infer(self, batch: np.ndarray, check_finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Raw outputs for an already preprocessed Nx3xHxW float32 batch: (NxHxW maps at model size, N scores).

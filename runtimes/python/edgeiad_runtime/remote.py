@@ -13,17 +13,19 @@ import os
 import threading
 import time
 from pathlib import Path
+from time import perf_counter
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from .backends.base import Backend, as_outputs
-from .detector import Detector, _artifact_folder
+from .detector import Detector, _artifact_folder, _check_finite, _ms
 from .errors import ArtifactError, ConfigError, DataError, ServerError, ServerUnavailableError, require
 from .manifest import INPUT_NAME, MANIFEST_NAME, OUTPUT_NAMES, SCHEMA_VERSION, check_integrity, validate_manifest
 
 MANIFEST_PARAMETER = "edgeiad_manifest"  # config.pbtxt parameter holding the manifest JSON
 MANIFEST_MODEL_SUFFIX = ".manifest"  # companion model answering the manifest JSON (PyTriton has no parameters)
+FRAME_INPUT = "frame"  # the raw uint8 RGB input of a frames model (`edgeiad triton --frames`)
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 PACKAGE = "edgeiad-runtime"
 
@@ -168,6 +170,7 @@ class TritonBackend(Backend):
             {"url": self.url, "model": model, "max_batch_size": self.max_batch or 0, "platform": _platform(self.config)}
         )
         self.info["dynamic_batching"] = "dynamic_batching" in self.config
+        self.takes_frames = any(item.get("name") == FRAME_INPUT for item in self.config.get("input", []))
 
     def _model_config(self, connection: _Connection) -> dict:
         if not connection.ready(self.model):
@@ -202,9 +205,9 @@ class TritonBackend(Backend):
                 time.sleep(0.2 * 2**attempt)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Send one preprocessed batch; the server's outputs come back as float32 copies."""
-        image = np.ascontiguousarray(feeds[INPUT_NAME], dtype=np.float32)
-        out = self.call(lambda connection: connection.infer(self.model, {INPUT_NAME: image}, OUTPUT_NAMES))
+        """Send one batch (preprocessed images, or raw frames); the outputs come back as float32 copies."""
+        arrays = {name: np.ascontiguousarray(value) for name, value in feeds.items()}
+        out = self.call(lambda connection: connection.infer(self.model, arrays, OUTPUT_NAMES))
         return as_outputs(out["anomaly_map"], out["pred_score"])
 
     def fetch_manifest(self) -> dict:
@@ -258,7 +261,13 @@ def check_served_model(config: dict, manifest: dict, where: str) -> None:
     """Refuse a served model whose input/outputs differ from what the manifest describes."""
     batched = int(config.get("max_batch_size") or 0) > 0
     served = {item["name"]: item for item in [*config.get("input", []), *config.get("output", [])]}
-    promised = {INPUT_NAME: manifest["inputs"][INPUT_NAME]["shape"]}
+    if FRAME_INPUT in served:  # raw frames of any size: only the outputs depend on the model
+        frame = served[FRAME_INPUT]
+        if frame.get("data_type") != "TYPE_UINT8" or [int(d) for d in frame.get("dims", [])][-1:] != [3]:
+            raise ServerError(f"{where} takes {FRAME_INPUT!r} as {frame.get('data_type')}, not uint8 HxWx3 frames")
+        promised = {}
+    else:
+        promised = {INPUT_NAME: manifest["inputs"][INPUT_NAME]["shape"]}
     promised.update({name: manifest["outputs"][name]["shape"] for name in OUTPUT_NAMES})
     for name, shape in promised.items():
         item = served.get(name)
@@ -307,6 +316,31 @@ class RemoteDetector(Detector):
         self.url, self.model = backend.url, model
         if backend.max_batch:  # the server's batching rules replace the artifact's own
             self._static, self._chunk = False, backend.max_batch
+        self._frames = backend.takes_frames
+
+    def _prepare(self, rgb: np.ndarray) -> np.ndarray:
+        """A frames model preprocesses on the server: send the validated RGB frame itself."""
+        return rgb if self._frames else super()._prepare(rgb)
+
+    def _run_prepared(self, backend, tensors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        if not self._frames:
+            return super()._run_prepared(backend, tensors)
+        maps, scores, times = [], [], []
+        for index, frame in enumerate(tensors):  # one request per frame: sizes differ; Triton batches the cameras
+            start = perf_counter()
+            out = backend.run({FRAME_INPUT: frame[None]})
+            times.append(_ms(start))
+            anomaly_map, pred_score = self._check_outputs(out, 1)
+            _check_finite(anomaly_map, pred_score, index)
+            maps.append(anomaly_map[0, 0])
+            scores.append(pred_score[0])
+        return np.stack(maps), np.array(scores, dtype=np.float32), times
+
+    def infer(self, batch: np.ndarray, check_finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Raw outputs for a preprocessed batch (a tensor-in model only)."""
+        if self._frames:
+            raise ConfigError(f"{self._label} takes raw frames, not preprocessed tensors: use predict or predict_batch")
+        return super().infer(batch, check_finite)
 
     def __repr__(self) -> str:
         state = "closed" if self._backend is None or self._closing else "open"
