@@ -67,6 +67,30 @@ def test_terminal_output_fits_80_columns_and_never_splits_numbers(document):
         assert re.search(rf"(^|\s){re.escape(number)}(\s|$)", text, re.M), number
 
 
+def test_served_model_table_fits_80_columns_with_batching_and_clients(document):
+    def served(name, clients, batching, ips):
+        return {"key": f"{name}/c{clients}", "model": "patchcore", "served_as": name, "target": "triton",
+                "precision": "fp32", "stats": "baked", "batch": 1, "threads": 1, "clients": clients,
+                "dynamic_batching": batching, "status": "ok", "throughput_ips": ips, "per_image_ms": 1000 / ips,
+                "latency": {"p50_ms": 12.5, "p95_ms": 31.25, "p99_ms": 40.0}, "peak_rss_mb": None}  # fmt: skip
+
+    cases = [served("patchcore-line3-nobatch", 16, False, 70.0), served("patchcore-line3", 16, True, 123.4)]
+    cases.append({"key": "padim/c1", "model": "padim", "clients": 1, "status": "failed", "reason": "server down"})
+    buffer = io.StringIO()
+    print_table({**document, "cases": cases}, Console(file=buffer, width=80, color_system=None))
+    lines = buffer.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = [line.split() for line in lines if line.strip().startswith("patchcore-line3")]
+    assert rows == [
+        ["patchcore-line3", "on", "16", "123", "12.5", "31.2", "40"],
+        ["patchcore-line3-nobatch", "off", "16", "70", "12.5", "31.2", "40"],
+    ]
+    assert "failed: padim/c1: server down" in lines
+    assert "3 clients" not in html_report({**document, "cases": cases}) and "16 clients, batching" in html_report(
+        {**document, "cases": cases}
+    )
+
+
 def test_ticks_are_even_and_labels_do_not_overlap():
     assert log_ticks(0.7, 60) == [1, 2, 5, 10, 20, 50]
     ticks = linear_ticks(0.874, 0.982)

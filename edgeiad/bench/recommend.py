@@ -62,6 +62,10 @@ def describe(record: dict) -> str:
         text += "/sidecar"
     extras = [f"batch {record['batch']}" if record.get("batch", 1) != 1 else ""]
     extras.append(f"{record['threads']} threads" if record.get("threads", 1) != 1 else "")
+    if "clients" in record:  # a served model (bench --server)
+        text = f"{record.get('served_as', record['model'])}/{record['precision']}"
+        clients = f"{record['clients']} client{'s' if record['clients'] != 1 else ''}"
+        extras += [clients, "batching" if record.get("dynamic_batching") else "no batching"]
     extras = [e for e in extras if e]
     return text + (f" ({', '.join(extras)})" if extras else "")
 

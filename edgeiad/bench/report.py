@@ -9,7 +9,8 @@ from pathlib import Path
 from .recommend import describe, recommendation_lines, recommendations
 
 COLUMNS = (
-    "key", "model", "target", "precision", "stats", "batch", "threads", "status", "reason", "size_mb", "load_s",
+    "key", "model", "target", "precision", "stats", "batch", "threads", "clients", "dynamic_batching", "status",
+    "reason", "size_mb", "load_s",
     "first_inference_ms", "p50_ms", "p95_ms", "p99_ms", "per_image_ms", "throughput_ips", "preprocess_ms",
     "inference_ms", "postprocess_ms", "peak_rss_mb", "image_auroc", "image_ap", "image_f1_max", "pixel_auroc",
     "aupro", "pixel_eval", "parity_max_rel_map_error", "parity_auroc_drop", "backbone_p50_ms", "e2e_over_backbone",
@@ -19,7 +20,8 @@ COLUMNS = (
 
 def flatten(record: dict) -> dict:
     """One flat row per case (the CSV and table view of a results.json record)."""
-    row = {k: record.get(k) for k in ("key", "model", "target", "precision", "stats", "batch", "threads")}
+    keys = ("key", "model", "target", "precision", "stats", "batch", "threads", "clients", "dynamic_batching")
+    row = {k: record.get(k) for k in keys}
     row.update(status=record.get("status"), reason=record.get("reason"), size_mb=record.get("size_mb"))
     row.update(load_s=record.get("load_s"), first_inference_ms=record.get("first_inference_ms"))
     row.update({k: (record.get("latency") or {}).get(k) for k in ("p50_ms", "p95_ms", "p99_ms")})
@@ -100,6 +102,8 @@ TABLE_COLUMNS = (
     ("ms/img", "per_image_ms", 6), ("p95", "p95_ms", 6), ("AUROC", "image_auroc", 5), ("RSS MB", "peak_rss_mb", 6),
     ("MB", "size_mb", 5),
 )  # fmt: skip
+# Served models (bench --server): throughput and latency as the clients see them, no accuracy or size.
+SERVER_COLUMNS = (("img/s", "throughput_ips", 5), ("p50", "p50_ms", 5), ("p95", "p95_ms", 5), ("p99", "p99_ms", 5))
 
 
 def print_table(document: dict, console) -> None:
@@ -107,6 +111,9 @@ def print_table(document: dict, console) -> None:
     from rich import box
     from rich.table import Table
 
+    if any("clients" in record for record in document["cases"]):
+        print_server_table(document, console)
+        return
     console.print(f"edgeiad bench on {document['environment']['cpu']['model']}", markup=False, highlight=False)
     for line in recommendation_lines(document.get("recommendations") or recommendations(document["cases"])):
         console.print(line, markup=False, highlight=False)
@@ -122,6 +129,31 @@ def print_table(document: dict, console) -> None:
     console.print(table)
     for record in document["cases"]:
         if record.get("status") != "ok":  # never dropped: each case that did not run says why
+            console.print(f"{record['status']}: {record['key']}: {record.get('reason')}", markup=False, highlight=False)
+
+
+def print_server_table(document: dict, console) -> None:
+    """bench --server: one row per served model and client count, batching on/off side by side."""
+    from rich import box
+    from rich.table import Table
+
+    console.print(f"edgeiad bench --server on {document['environment']['cpu']['model']}", markup=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption="latency in ms per request · full table: results.csv")
+    table.add_column("served model", overflow="ellipsis", no_wrap=True, min_width=12)
+    for title in ("batching", "clients"):
+        table.add_column(title, justify="right", no_wrap=True)
+    for title, _, width in SERVER_COLUMNS:
+        table.add_column(title, justify="right", no_wrap=True, min_width=width)
+    records = sorted(document["cases"], key=lambda r: (r.get("served_as", r["model"]), r.get("clients", 0)))
+    for record in records:
+        if record.get("status") == "ok":
+            row = flatten(record)
+            batching = "on" if record.get("dynamic_batching") else "off"
+            cells = [_fmt(row[key]) for _, key, _ in SERVER_COLUMNS]
+            table.add_row(record.get("served_as", record["model"]), batching, str(record["clients"]), *cells)
+    console.print(table)
+    for record in records:
+        if record.get("status") != "ok":
             console.print(f"{record['status']}: {record['key']}: {record.get('reason')}", markup=False, highlight=False)
 
 

@@ -66,6 +66,7 @@ def _root(
 from . import bench as _bench  # noqa: E402,F401  (registers commands on `app`)
 from . import doctor as _doctor  # noqa: E402,F401
 from . import export as _export  # noqa: E402,F401
+from . import serving as _serving  # noqa: E402,F401
 from . import study as _study  # noqa: E402,F401
 from . import threshold as _threshold  # noqa: E402,F401
 from . import train as _train  # noqa: E402,F401

@@ -20,11 +20,12 @@ app.add_typer(bench_app, name="bench")
         "edgeiad bench                                   # patchcore,padim x onnx,openvino, fp32",
         "edgeiad bench --models all --targets all --precisions fp32,fp16,int8 --batch 1,8 --out bench/",
         "edgeiad bench --profile intel-cpu --runs runs/",
+        "edgeiad bench --server http://127.0.0.1:8000 --models patchcore,padim --clients 1,4,16   # served models",
     ),
 )
 def bench(
     ctx: typer.Context,
-    models: str = typer.Option("patchcore,padim", "--models", help="comma list or all"),
+    models: str = typer.Option("patchcore,padim", "--models", help="comma list or all; with --server: served names"),
     targets: str = typer.Option("onnx,openvino", "--targets", help="onnx,openvino,trt or all"),
     precisions: str = typer.Option("fp32", "--precisions", help="fp32,fp16,int8 or all"),
     stats: str = typer.Option("baked", "--stats", help="baked,sidecar or all"),
@@ -38,6 +39,10 @@ def bench(
     profile: str = typer.Option(None, "--profile", help="device profile (export/*.toml): its targets/precisions"),
     out: Path = typer.Option(Path("bench"), "--out", help="output folder (runs/, artifacts/, results.*)"),
     json_out: bool = typer.Option(False, "--json", help="print the recommendations and one flat row per case"),
+    server: str = typer.Option(
+        None, "--server", help="measure models on this Triton server (http://HOST:8000 or grpc://HOST:8001)"
+    ),
+    clients: str = typer.Option("1,4,16", "--clients", help="with --server: concurrent clients, e.g. 1,4,16"),
 ) -> None:
     """Train or reuse runs, export, and measure every case in its own process; write results.json/csv/html."""
     if ctx.invoked_subcommand is not None:
@@ -46,17 +51,20 @@ def bench(
     from ..bench.report import print_table, write_results
     from ..bench.runner import Bench
 
-    if profile:
-        targets, precisions, stats, threads = _from_profile(profile, targets, precisions, stats, threads)
-    cases = plan(models, targets, precisions, stats, batch, threads)
     log = Console(stderr=True) if json_out else console  # --json: stdout carries only the JSON
 
     def echo(message: str) -> None:
         log.print(message, markup=False, highlight=False, soft_wrap=True)
 
-    echo(f"{len(cases)} cases → {out}")
-    session = Bench(out, data, runs, iters, warmup, accuracy_images, echo=echo)
-    document = session.run(cases)
+    if server:
+        document = _bench_server(server, models, clients, data, iters, warmup, echo)
+    else:
+        if profile:
+            targets, precisions, stats, threads = _from_profile(profile, targets, precisions, stats, threads)
+        cases = plan(models, targets, precisions, stats, batch, threads)
+        echo(f"{len(cases)} cases → {out}")
+        document = Bench(out, data, runs, iters, warmup, accuracy_images, echo=echo).run(cases)
+    Path(out).mkdir(parents=True, exist_ok=True)
     paths = write_results(out, document)
     if json_out:
         import json
@@ -68,6 +76,23 @@ def bench(
         return
     print_table(document, console)
     console.print(f"written: {paths['json']}, {paths['csv']}, {paths['html']}", markup=False)
+
+
+def _bench_server(server: str, models: str, clients: str, data: str, iters: int, warmup: int, echo) -> dict:
+    """Served models × client counts, on frames of `data` (the same frames each case)."""
+    from ..bench.cases import parse_counts
+    from ..bench.remote import bench_server
+    from ..bench.runner import bench_frames
+    from ..data import load_dataset
+    from ..errors import ConfigError
+
+    names = [name.strip() for name in models.split(",") if name.strip()]
+    if not names or iters < 1 or warmup < 0:
+        raise ConfigError("--server needs --models NAME[,NAME] (served model names), --iters >= 1, --warmup >= 0")
+    counts = parse_counts(clients, "clients")
+    frames = bench_frames(load_dataset(data), 32)
+    echo(f"{len(names)} served models × clients {counts} on {server}")
+    return bench_server(server, names, counts, frames, iters, warmup, echo)
 
 
 def _from_profile(name: str, targets: str, precisions: str, stats: str, threads: str) -> tuple[str, str, str, str]:

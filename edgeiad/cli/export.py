@@ -27,12 +27,15 @@ def _say(message: str) -> None:
         "edgeiad export patchcore --target onnx              # newest patchcore run under ./runs",
         "edgeiad export --run runs/padim-bsdata --target openvino --precision int8 --stats sidecar",
         "edgeiad export patchcore --target trt --profile jetson-orin-nano   # deferred without TensorRT",
+        "edgeiad export padim --target triton --out triton-repo   # ONNX artifact + Triton model (edgeiad triton)",
     )
 )
 def export(
     model: str = typer.Argument(None, help="model name: its newest run under ./runs is exported unless --run says"),
     run: Path = typer.Option(None, "--run", help="run folder written by edgeiad train  [default: newest of MODEL]"),
-    target: str = typer.Option(None, "--target", help=f"{_TARGET_HELP}  [default: the profile's, else onnx]"),
+    target: str = typer.Option(
+        None, "--target", help=f"{_TARGET_HELP}; triton: the profile's target (else onnx), then `edgeiad triton`"
+    ),
     precision: str = typer.Option(
         None, "--precision", help=f"{', '.join(PRECISIONS)}  [default: the profile's, else fp32]"
     ),
@@ -59,6 +62,9 @@ def export(
     from ..export.profiles import export_settings
 
     run = _pick_run(model, run)
+    to_triton = (target or "").lower() == "triton"
+    if to_triton:  # a thin alias: export the artifact as usual, then write it into a model repository
+        target, repository, out = None, out or Path("triton-repo"), None
     chosen = export_settings(profile, target=target, precision=precision, stats=stats, batch=batch)
     if profile:
         _say(f"profile {profile}: " + ", ".join(f"{k} {v}" for k, v in chosen.items() if v is not None))
@@ -67,6 +73,10 @@ def export(
     artifact = export_run(run, **chosen, **options, echo=clock.say)
     manifest = json.loads((artifact / "manifest.json").read_text())
     _report(artifact, manifest, profile, precision is not None)
+    if to_triton:
+        from .serving import write_triton
+
+        write_triton(artifact, repository, None, profile, force=force)
     if json_out:
         print(json.dumps({"artifact": str(artifact), "parity": manifest.get("parity")}, indent=2))
 

@@ -14,10 +14,13 @@ from . import app, examples
         "edgeiad watch artifacts/padim --source 0 --jsonl frames.jsonl",
         "edgeiad watch artifacts/padim --source rtsp://camera/stream --save-anomalies anomalies/",
         "edgeiad watch artifacts/padim --source parts/ --max-frames 100",
+        "edgeiad watch padim --server grpc://inference-box:8001 --source 0      # model padim on a Triton server",
     )
 )
 def watch(
-    artifact: Path = typer.Argument(..., help="artifact folder written by edgeiad export"),
+    artifact: Path = typer.Argument(
+        ..., help="artifact folder written by edgeiad export; with --server: a served model name or its folder"
+    ),
     source: str = typer.Option(
         ..., "--source", help="camera index (0), video file, rtsp:// or http:// URL, image file or folder of images"
     ),
@@ -43,6 +46,10 @@ def watch(
     trusted_key: list[Path] = typer.Option(
         None, "--trusted-key", help="Ed25519 public key (PEM), repeatable: refuse artifacts not signed by one"
     ),
+    server: str = typer.Option(
+        None, "--server", help="Triton server that runs the model: http://HOST:8000 or grpc://HOST:8001"
+    ),
+    model: str = typer.Option(None, "--model", help="with --server: the served model's name  [default: ARTIFACT's]"),
 ) -> None:
     """Score every frame of a live source (newest frame first, reconnecting) or a file/folder (every frame).
 
@@ -69,6 +76,8 @@ def watch(
         stall_timeout=stall_timeout,
         trusted_keys=trusted_key or None,
         restore_signals=not owns_process(),  # main() ignores late signals from here on
+        server=server,
+        model=model,
     )
     if "output_error" in summary:
         raise OutputError(summary["output_error"])

@@ -13,7 +13,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PROFILE_KEYS = {"name", "description", "device", "target", "precision", "stats", "batch", "threads", "image_size"}
+PROFILE_KEYS = {
+    "name", "description", "device", "target", "precision", "stats", "batch", "threads", "image_size",
+    "preferred_batch", "max_queue_delay_us",  # Triton's dynamic batcher (edgeiad triton / serve)
+}  # fmt: skip
 
 
 def profile_dirs() -> list[Path]:

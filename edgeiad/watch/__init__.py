@@ -32,7 +32,7 @@ import threading
 from pathlib import Path
 from time import perf_counter
 
-from edgeiad_runtime.errors import ConfigError, DataError, NonFiniteScoreError, OutputError
+from edgeiad_runtime.errors import ConfigError, DataError, NonFiniteScoreError, OutputError, ServerError
 
 from .outputs import Evidence, JsonlSink, MapScaler, _Reservoir, heat_overlay
 from .reader import Backoff, Frame, FrameReader, FrameSlot
@@ -178,7 +178,7 @@ class Watcher:
         begin = perf_counter()
         try:
             result = self.detector.predict(item.image, color_order=self.color_order)
-        except (DataError, NonFiniteScoreError) as exc:  # one bad frame (wrong shape, NaN) must not stop a camera
+        except (DataError, NonFiniteScoreError, ServerError) as exc:  # a bad frame or a server blip: keep watching
             self.counts["frame_errors"] += 1
             self.sink.event({"event": "frame_error", "frame": item.index, "error": str(exc), "path": item.label})
             return
@@ -255,6 +255,18 @@ class Watcher:
                 self._output_failed(str(exc))
 
 
+def open_remote(server: str, artifact: str | Path, model: str | None, trusted_keys: list | None = None):
+    """A RemoteDetector: `artifact` is a served model's name, or a local artifact / repository model folder
+    (its manifest is used and its folder name is the model name unless `model` says otherwise)."""
+    from edgeiad_runtime import RemoteDetector
+
+    path = Path(artifact)
+    if not path.exists():
+        return RemoteDetector(server, model or str(artifact), trusted_keys=trusted_keys)
+    name = model or (path.parent if path.is_file() else path).resolve().name
+    return RemoteDetector(server, name, manifest=path, trusted_keys=trusted_keys)
+
+
 def check_stall_timeout(seconds: float) -> float:
     """A positive, finite stall timeout in seconds."""
     if not isinstance(seconds, (int, float)) or not 0.1 <= seconds <= 3600:
@@ -288,10 +300,10 @@ def watch(
     stall_timeout: float = STALL_TIMEOUT_S,
     trusted_keys: list | None = None,
     restore_signals: bool = True,
+    server: str | None = None,
+    model: str | None = None,
 ) -> dict:
-    """Load `artifact`, score `source` until it ends or a signal arrives; return the summary dict."""
-    from edgeiad_runtime import Detector
-
+    """Load `artifact` (or with `server`, its model on that Triton server), score `source`; return the summary."""
     order = check_color_order(color_order)
     check_stall_timeout(stall_timeout)
     if threads is not None and threads < 0:
@@ -302,9 +314,16 @@ def watch(
         frame_source = source
     else:
         frame_source = open_source(source, loop=loop, stall_timeout=stall_timeout)
-    detector = Detector.load(
-        artifact, backend=backend, device=device, threads=threads or None, trusted_keys=trusted_keys
-    )
+    if server is None:
+        from edgeiad_runtime import Detector
+
+        detector = Detector.load(
+            artifact, backend=backend, device=device, threads=threads or None, trusted_keys=trusted_keys
+        )
+    else:
+        if backend != "auto" or device is not None or threads:
+            raise ConfigError("--backend, --device and --threads set local inference: drop them with --server")
+        detector = open_remote(server, artifact, model, trusted_keys)
     sink = None
     try:
         evidence = Evidence(save_anomalies, overlay_video, MapScaler(detector.manifest), order)

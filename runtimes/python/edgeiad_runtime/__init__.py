@@ -9,6 +9,8 @@ from .errors import (
     MissingExtraError,
     NonFiniteScoreError,
     OutputError,
+    ServerError,
+    ServerUnavailableError,
 )
 
 # numpy, ONNX Runtime and the image libraries load on first use, so `import edgeiad_runtime.errors` (and the
@@ -22,6 +24,7 @@ _LAZY = {
     "load_manifest": "manifest",
     "validate_manifest": "manifest",
     "write_manifest": "manifest",
+    "RemoteDetector": "remote",
     "Preprocessing": "preprocess",
     "preprocess": "preprocess",
     "preprocess_batch": "preprocess",
@@ -55,7 +58,10 @@ __all__ = [
     "NonFiniteScoreError",
     "OutputError",
     "Preprocessing",
+    "RemoteDetector",
     "Result",
+    "ServerError",
+    "ServerUnavailableError",
     "__version__",
     "available_backends",
     "load_manifest",

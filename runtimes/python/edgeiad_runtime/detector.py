@@ -99,6 +99,7 @@ class Detector:
 
     def __init__(self, folder: Path, manifest: dict, backend: Backend, max_pixels: int | None = None) -> None:
         self.folder = folder
+        self._label = str(folder)  # how errors name this detector (a RemoteDetector names its server and model)
         self._manifest = manifest
         self._backend: Backend | None = backend
         self._max_pixels = max_pixels
@@ -143,7 +144,7 @@ class Detector:
 
     @property
     def backend_name(self) -> str:
-        """'onnxruntime', 'openvino' or 'tensorrt'."""
+        """'onnxruntime', 'openvino', 'tensorrt' (or 'triton' for a RemoteDetector)."""
         return self._live().name
 
     @property
@@ -159,7 +160,7 @@ class Detector:
     def _live(self) -> Backend:
         backend = self._backend
         if backend is None or self._closing:
-            raise EdgeiadError(f"the detector for {self.folder} is closed: load it again")
+            raise EdgeiadError(f"the detector for {self._label} is closed: load it again")
         return backend
 
     @contextmanager
@@ -198,15 +199,25 @@ class Detector:
             start = perf_counter()
             rgb = self._to_rgb(image, order, f"image {index}" if len(images) > 1 else "image")
             sizes.append(rgb.shape[:2])
-            tensors.append(preprocess(rgb, self._spec))
+            tensors.append(self._prepare(rgb))
             del rgb  # large frames: keep only the small model input alive
             pre_ms.append(_ms(start))
         with self._in_use() as backend:
-            maps, scores, infer_ms = self._infer(backend, np.stack(tensors))
+            maps, scores, infer_ms = self._run_prepared(backend, tensors)
         return [self._result(maps[i], float(scores[i]), sizes[i], pre_ms[i], infer_ms[i]) for i in range(len(images))]
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw outputs for an already preprocessed Nx3xHxW float32 batch: (NxHxW maps at model size, N scores)."""
+    def _prepare(self, rgb: np.ndarray) -> np.ndarray:
+        """What the model is fed for one RGB frame: its preprocessed 3xHxW float32 tensor."""
+        return preprocess(rgb, self._spec)
+
+    def _run_prepared(self, backend: Backend, tensors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        return self._infer(backend, np.stack(tensors))
+
+    def infer(self, batch: np.ndarray, check_finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Raw outputs for an already preprocessed Nx3xHxW float32 batch: (NxHxW maps at model size, N scores).
+
+        check_finite=False passes NaN/inf outputs on (a server whose clients' runtime refuses them) instead of raising.
+        """
         batch = np.asarray(batch)
         expected = (3, *self.input_size)
         if batch.ndim != 4 or batch.shape[1:] != expected or batch.dtype != np.float32:
@@ -215,7 +226,7 @@ class Detector:
         if len(batch) == 0:
             return np.zeros((0, *expected[1:]), np.float32), np.zeros(0, np.float32)
         with self._in_use() as backend:
-            maps, scores, _ = self._infer(backend, np.ascontiguousarray(batch))
+            maps, scores, _ = self._infer(backend, np.ascontiguousarray(batch), check_finite)
         return maps, scores
 
     def _color_order(self, color_order: str | None) -> str:
@@ -237,7 +248,9 @@ class Detector:
         except MemoryError:
             raise DataError(f"{source} is too large for the memory available: downscale it first") from None
 
-    def _infer(self, backend: Backend, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    def _infer(
+        self, backend: Backend, batch: np.ndarray, check_finite: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, list[float]]:
         """Run the batch in chunks the artifact accepts; a static batch pads its last chunk by repetition."""
         total = len(batch)
         limits = [limit for limit in (self._chunk, backend.max_batch) if limit]
@@ -252,7 +265,8 @@ class Detector:
             out = backend.run({"image": part})
             elapsed = _ms(start)
             anomaly_map, pred_score = self._check_outputs(out, len(part))
-            _check_finite(anomaly_map[:real], pred_score[:real], begin)
+            if check_finite:
+                _check_finite(anomaly_map[:real], pred_score[:real], begin)
             maps.append(anomaly_map[:real, 0])
             scores.append(pred_score[:real])
             times += [elapsed / real] * real  # each image is charged its share of the chunk

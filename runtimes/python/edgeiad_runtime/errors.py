@@ -31,6 +31,14 @@ class OutputError(EdgeiadError, OSError):
     """A file or folder cannot be written (disk full, read-only, permissions); the message names it."""
 
 
+class ServerError(EdgeiadError):
+    """An inference server answered with an error, or serves a model that does not match its edgeiad manifest."""
+
+
+class ServerUnavailableError(ServerError, ConnectionError):
+    """An inference server cannot be reached (down, wrong address, timed out) after the retries."""
+
+
 class MissingExtraError(EdgeiadError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 

@@ -327,10 +327,15 @@ def canonical_bytes(manifest: dict) -> bytes:
         raise ArtifactError(f"{MANIFEST_NAME} holds NaN or infinite numbers; {REEXPORT}") from None
 
 
-def check_integrity(folder: Path, manifest: dict, trusted_keys: Sequence | None = None) -> None:
-    """Refuse a manifest whose content changed since it was written, or (with keys) one not signed by them."""
+def check_integrity(
+    folder: Path, manifest: dict, trusted_keys: Sequence | None = None, where: str | None = None
+) -> None:
+    """Refuse a manifest whose content changed since it was written, or (with keys) one not signed by them.
+
+    where: how to name the manifest in messages when it did not come from `folder` (a server's copy).
+    """
     integrity = manifest.get(INTEGRITY)
-    path = folder / MANIFEST_NAME
+    path = where or folder / MANIFEST_NAME
     if integrity is None:
         raise ArtifactError(
             f"{path} has no integrity digest (exported by an older edgeiad?): {REEXPORT}, or re-hash a trusted "
