@@ -154,3 +154,33 @@ def test_ensemble_calibration_puts_held_out_good_patches_on_one_scale(synthetic_
 def _shared(config) -> dict:
     keys = ("backbone", "layers", "image_size", "resize", "interpolation", "seed", "sigma")
     return {key: getattr(config, key) for key in keys}
+
+
+def test_score_share_scores_the_mean_of_the_top_patches():
+    from edgeiad.models._ops import GaussianBlur, to_anomaly_map
+
+    scores = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    anomaly_map, top = to_anomaly_map(scores, (64, 64), GaussianBlur(4.0), score_share=0.05)
+    expected = np.sort(scores.flatten(1).numpy(), axis=1)[:, -4:].mean(axis=1)  # ceil(0.05 * 64) = 4 patches
+    np.testing.assert_allclose(top.numpy(), expected, rtol=1e-6)
+    _, maximum = to_anomaly_map(scores, (64, 64), GaussianBlur(4.0))
+    torch.testing.assert_close(maximum, anomaly_map.amax(dim=(1, 2, 3)))
+    with pytest.raises(ValueError, match="score_share"):
+        get_model("patchcore").make_config(score_share=1.0)
+
+
+def test_score_share_exports_as_a_constant_k_topk(synthetic_mvtec, tmp_path):
+    import onnx
+
+    from edgeiad.engine import train
+    from edgeiad.export import export_run
+
+    from .conftest import model_overrides
+
+    run = train("patchcore", synthetic_mvtec, out=tmp_path / "run", overrides={**model_overrides("patchcore"),
+                "score_share": 0.05}, progress=False)  # fmt: skip
+    artifact = export_run(run, target="onnx", out=tmp_path / "artifact")  # parity-checked against eager
+    graph = onnx.load(str(artifact / "model.onnx")).graph
+    assert "TopK" in {node.op_type for node in graph.node}
+    parity = json.loads((artifact / "manifest.json").read_text())["parity"]
+    assert parity["passed"] and parity["max_abs_score_error"] < 1e-3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import require_torch
+from ..errors import ConfigError, require_torch
 
 torch = require_torch()
 nn = torch.nn
@@ -88,9 +88,30 @@ def chunked_min_euclidean(queries, bank, query_chunk: int = 4096, bank_chunk: in
     return distances, indices
 
 
-def to_anomaly_map(patch_scores, image_size: tuple[int, int], blur: GaussianBlur):
-    """Upsample N×1×h×w patch scores to the input size, smooth, and take the image score as the map's max."""
+def to_anomaly_map(patch_scores, image_size: tuple[int, int], blur: GaussianBlur, score_share: float = 0.0):
+    """Upsample N×1×h×w patch scores to the input size and smooth them; the image score is the map's max, or with
+    `score_share` > 0 the mean of that share of the highest patch scores (a constant-K TopK in the graph)."""
     anomaly_map = F.interpolate(patch_scores, size=tuple(image_size), mode="bilinear", align_corners=False)
     anomaly_map = blur(anomaly_map)
-    pred_score = torch.amax(anomaly_map, dim=(1, 2, 3))
-    return anomaly_map, pred_score
+    if score_share > 0:
+        flat = patch_scores.flatten(1)
+        count = max(1, math.ceil(score_share * flat.shape[1]))
+        return anomaly_map, torch.topk(flat, count, dim=1).values.mean(dim=1)
+    return anomaly_map, torch.amax(anomaly_map, dim=(1, 2, 3))
+
+
+def check_score_share(share: float) -> None:
+    if not isinstance(share, (int, float)) or not 0.0 <= share < 1.0:
+        raise ConfigError(f"score_share {share!r} is invalid: use 0 (the map's maximum) or a share below 1, e.g. 0.05")
+
+
+class MapScoring:
+    """Mixin for models with `image_size`, `blur` and a `config.score_share`: their patch scores → map and score."""
+
+    @property
+    def score_is_map_max(self) -> bool:
+        return self.config.score_share == 0
+
+    def to_map(self, patch_scores):
+        """Patch scores → (anomaly map at the input size, image score)."""
+        return to_anomaly_map(patch_scores, self.image_size, self.blur, self.config.score_share)

@@ -39,7 +39,7 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
 
     # Values a config.json written before a field existed meant: an old run reloads exactly as it was fitted.
-    LEGACY = {"resize": "squash", "interpolation": "linear", "max_upscale": 0.0}
+    LEGACY = {"resize": "squash", "interpolation": "linear", "max_upscale": 0.0, "score_share": 0.0}
 
     def preprocessing(self) -> Preprocessing:
         """The preprocessing this model's backbone expects, at this config's input size."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import ConfigError, require_torch
-from .._ops import GaussianBlur, aggregate_features, chunked_min_euclidean, to_anomaly_map
+from .._ops import GaussianBlur, MapScoring, aggregate_features, check_score_share, chunked_min_euclidean
 from ..backbones import FeatureExtractor
 from ..config import ModelConfig
 from ..padim.torch_model import check_n_features, mahalanobis_distances, random_channels
@@ -29,16 +29,19 @@ class EnsembleConfig(ModelConfig):
     calibration_share: float = 0.1  # good training images kept out of both fits to measure their score scales
     # Calibrated score = (raw - its median on held-out good patches) / (its q-quantile - that median).
     calibration_quantile: float = 0.995
+    # Image score: the mean of the top `score_share` of the patch scores (0: the anomaly map's maximum).
+    score_share: float = 0.0
 
     def validate(self) -> None:
         super().validate()
         check_coreset_ratio(self.coreset_ratio)
         check_n_features(self.n_features)
+        check_score_share(self.score_share)
         if not 0.0 < self.calibration_share < 1.0 or not 0.5 < self.calibration_quantile < 1.0:
             raise ConfigError("calibration_share must be in (0, 1), calibration_quantile in (0.5, 1): e.g. 0.1, 0.995")
 
 
-class EnsembleModel(nn.Module):
+class EnsembleModel(MapScoring, nn.Module):
     """image → anomaly_map, pred_score: the mean of PatchCore's and PaDiM's calibrated patch scores.
 
     `calibration` (2×2: per member, the held-out good patches' median and quantile − median) puts a kNN distance
@@ -87,7 +90,7 @@ class EnsembleModel(nn.Module):
         inv_covariance = self.inv_covariance if inv_covariance is None else inv_covariance
         mahalanobis = mahalanobis_distances(plain, mean, inv_covariance)
         calibration = self.calibration if calibration is None else calibration
-        return to_anomaly_map(self.combine(nearest, mahalanobis, calibration), self.image_size, self.blur)
+        return self.to_map(self.combine(nearest, mahalanobis, calibration))
 
     @torch.no_grad()
     def member_scores(self, image):
@@ -103,4 +106,4 @@ class EnsembleModel(nn.Module):
     def infer(self, image):
         """Eager scoring with bounded memory; same result as forward."""
         nearest, mahalanobis = self.member_scores(image)
-        return to_anomaly_map(self.combine(nearest, mahalanobis, self.calibration), self.image_size, self.blur)
+        return self.to_map(self.combine(nearest, mahalanobis, self.calibration))

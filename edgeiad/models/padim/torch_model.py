@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import ConfigError, require_torch
-from .._ops import GaussianBlur, aggregate_features, to_anomaly_map
+from .._ops import GaussianBlur, MapScoring, aggregate_features, check_score_share
 from ..backbones import FeatureExtractor
 from ..config import ModelConfig
 
@@ -20,10 +20,13 @@ class PadimConfig(ModelConfig):
     model: str = "padim"
     n_features: int = 100
     regularization: float = 0.01  # added to the covariance diagonal so it stays invertible
+    # Image score: the mean of the top `score_share` of the patch scores (0: the anomaly map's maximum).
+    score_share: float = 0.0
 
     def validate(self) -> None:
         super().validate()
         check_n_features(self.n_features)
+        check_score_share(self.score_share)
 
 
 def check_n_features(count: int) -> None:
@@ -47,7 +50,7 @@ def mahalanobis_distances(embedding, mean, inv_covariance):
     return torch.sqrt(squared).transpose(0, 1).reshape(batch, 1, height, width)
 
 
-class PadimModel(nn.Module):
+class PadimModel(MapScoring, nn.Module):
     """image → anomaly_map, pred_score via a per-position Gaussian and the Mahalanobis distance.
 
     `mean` (P×d) and `inv_covariance` (P×d×d) are buffers (baked at export) or forward inputs (sidecar).
@@ -86,7 +89,7 @@ class PadimModel(nn.Module):
         mean = self.mean if mean is None else mean
         inv_covariance = self.inv_covariance if inv_covariance is None else inv_covariance
         scores = mahalanobis_distances(self.embed(image), mean, inv_covariance)
-        return to_anomaly_map(scores, self.image_size, self.blur)
+        return self.to_map(scores)
 
     @torch.no_grad()
     def infer(self, image):

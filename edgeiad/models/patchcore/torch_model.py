@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import ConfigError, require_torch
-from .._ops import GaussianBlur, aggregate_features, min_euclidean, to_anomaly_map
+from .._ops import GaussianBlur, MapScoring, aggregate_features, check_score_share, min_euclidean
 from ..backbones import FeatureExtractor
 from ..config import ModelConfig
 
@@ -25,10 +25,13 @@ class PatchCoreConfig(ModelConfig):
     projection_dim: int = 128  # random-projection size used only to select the coreset
     bank_size: int = 0
     feature_dim: int = 0
+    # Image score: the mean of the top `score_share` of the patch scores (0: the anomaly map's maximum).
+    score_share: float = 0.0
 
     def validate(self) -> None:
         super().validate()
         check_coreset_ratio(self.coreset_ratio)
+        check_score_share(self.score_share)
 
 
 def check_coreset_ratio(ratio: float) -> None:
@@ -44,7 +47,7 @@ def nearest_distances(embedding, memory_bank):
     return scores.reshape(batch, 1, height, width)
 
 
-class PatchCoreModel(nn.Module):
+class PatchCoreModel(MapScoring, nn.Module):
     """image (N×3×H×W, normalised) → anomaly_map (N×1×H×W), pred_score (N).
 
     The memory bank is a buffer, so export bakes it as a constant; `forward(image, memory_bank)`
@@ -74,7 +77,7 @@ class PatchCoreModel(nn.Module):
     def forward(self, image, memory_bank=None):
         bank = self.memory_bank if memory_bank is None else memory_bank
         scores = self.patch_scores(self.embed(image), bank)
-        return to_anomaly_map(scores, self.image_size, self.blur)
+        return self.to_map(scores)
 
     @torch.no_grad()
     def infer(self, image):
@@ -85,4 +88,4 @@ class PatchCoreModel(nn.Module):
         batch, dim, height, width = embedding.shape
         queries = embedding.permute(0, 2, 3, 1).reshape(-1, dim)
         distances, _ = chunked_min_euclidean(queries, self.memory_bank.to(queries.dtype))
-        return to_anomaly_map(distances.reshape(batch, 1, height, width), self.image_size, self.blur)
+        return self.to_map(distances.reshape(batch, 1, height, width))
