@@ -156,12 +156,12 @@ def _shared(config) -> dict:
     return {key: getattr(config, key) for key in keys}
 
 
-def test_score_share_scores_the_mean_of_the_top_patches():
+def test_score_share_scores_the_mean_of_the_top_of_the_smoothed_map():
     from edgeiad.models._ops import GaussianBlur, to_anomaly_map
 
     scores = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(5))
     anomaly_map, top = to_anomaly_map(scores, (64, 64), GaussianBlur(4.0), score_share=0.05)
-    expected = np.sort(scores.flatten(1).numpy(), axis=1)[:, -4:].mean(axis=1)  # ceil(0.05 * 64) = 4 patches
+    expected = np.sort(anomaly_map.flatten(1).numpy(), axis=1)[:, -205:].mean(axis=1)  # ceil(0.05 * 64 * 64) pixels
     np.testing.assert_allclose(top.numpy(), expected, rtol=1e-6)
     _, maximum = to_anomaly_map(scores, (64, 64), GaussianBlur(4.0))
     torch.testing.assert_close(maximum, anomaly_map.amax(dim=(1, 2, 3)))

@@ -90,11 +90,15 @@ def chunked_min_euclidean(queries, bank, query_chunk: int = 4096, bank_chunk: in
 
 def to_anomaly_map(patch_scores, image_size: tuple[int, int], blur: GaussianBlur, score_share: float = 0.0):
     """Upsample N×1×h×w patch scores to the input size and smooth them; the image score is the map's max, or with
-    `score_share` > 0 the mean of that share of the highest patch scores (a constant-K TopK in the graph)."""
+    `score_share` > 0 the mean of that share of the map's highest pixels (a constant-K TopK in the graph).
+
+    The top share is taken on the smoothed map, not the raw patch scores: that is what the study measured
+    (PatchCore at 384, image AUROC max → top 5 %: bsdata-full 0.938 → 0.959, cfd 0.915 → 0.943, ELPV mono
+    0.880 → 0.902), and smoothing keeps one noisy patch from deciding the score on its own."""
     anomaly_map = F.interpolate(patch_scores, size=tuple(image_size), mode="bilinear", align_corners=False)
     anomaly_map = blur(anomaly_map)
     if score_share > 0:
-        flat = patch_scores.flatten(1)
+        flat = anomaly_map.flatten(1)
         count = max(1, math.ceil(score_share * flat.shape[1]))
         return anomaly_map, torch.topk(flat, count, dim=1).values.mean(dim=1)
     return anomaly_map, torch.amax(anomaly_map, dim=(1, 2, 3))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ...errors import ConfigError, require_torch
 from .._ops import GaussianBlur, MapScoring, aggregate_features, check_score_share, min_euclidean
 from ..backbones import FeatureExtractor
-from ..config import ModelConfig
+from ..config import FEATURE_MODEL_IMAGE_SIZE, FEATURE_MODEL_SCORE_SHARE, ModelConfig
 
 torch = require_torch()
 nn = torch.nn
@@ -25,8 +25,9 @@ class PatchCoreConfig(ModelConfig):
     projection_dim: int = 128  # random-projection size used only to select the coreset
     bank_size: int = 0
     feature_dim: int = 0
-    # Image score: the mean of the top `score_share` of the patch scores (0: the anomaly map's maximum).
-    score_share: float = 0.0
+    image_size: tuple[int, int] = FEATURE_MODEL_IMAGE_SIZE
+    # Image score: the mean of the top `score_share` of the smoothed anomaly map (0: the map's maximum).
+    score_share: float = FEATURE_MODEL_SCORE_SHARE
 
     def validate(self) -> None:
         super().validate()
