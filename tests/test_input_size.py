@@ -44,3 +44,13 @@ def test_squash_keeps_the_configured_size_and_old_configs_load_as_fitted():
     # a config.json written before these fields existed reloads as it was fitted
     assert (legacy.resize, legacy.interpolation, legacy.max_upscale) == ("squash", "linear", 0.0)
     assert spec.make_config().resize == "aspect"
+
+
+@pytest.mark.parametrize("name", ["patchcore", "padim", "ensemble", "npad", "efficientad"])
+def test_feature_bank_models_default_to_aspect_384_and_trained_models_keep_squash_256(name):
+    # chosen per model family by `edgeiad study` (docs/quality-study.md)
+    config = get_model(name).make_config()
+    if name in ("patchcore", "padim", "ensemble"):
+        assert (config.resize, config.image_size, config.score_share) == ("aspect", (384, 384), 0.05)
+    else:
+        assert (config.resize, config.image_size) == ("squash", (256, 256))

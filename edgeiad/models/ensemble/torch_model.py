@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ...errors import ConfigError, require_torch
 from .._ops import GaussianBlur, MapScoring, aggregate_features, check_score_share, chunked_min_euclidean
 from ..backbones import FeatureExtractor
-from ..config import FEATURE_MODEL_IMAGE_SIZE, FEATURE_MODEL_SCORE_SHARE, ModelConfig
+from ..config import FEATURE_MODEL_IMAGE_SIZE, FEATURE_MODEL_RESIZE, FEATURE_MODEL_SCORE_SHARE, ModelConfig
 from ..padim.torch_model import check_n_features, mahalanobis_distances, random_channels
 from ..patchcore.torch_model import check_coreset_ratio, nearest_distances
 
@@ -30,6 +30,7 @@ class EnsembleConfig(ModelConfig):
     # Calibrated score = (raw - its median on held-out good patches) / (its q-quantile - that median).
     calibration_quantile: float = 0.995
     image_size: tuple[int, int] = FEATURE_MODEL_IMAGE_SIZE
+    resize: str = FEATURE_MODEL_RESIZE
     # Image score: the mean of the top `score_share` of the smoothed anomaly map (0: the map's maximum).
     score_share: float = FEATURE_MODEL_SCORE_SHARE
 

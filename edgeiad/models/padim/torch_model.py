@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ...errors import ConfigError, require_torch
 from .._ops import GaussianBlur, MapScoring, aggregate_features, check_score_share
 from ..backbones import FeatureExtractor
-from ..config import FEATURE_MODEL_IMAGE_SIZE, FEATURE_MODEL_SCORE_SHARE, ModelConfig
+from ..config import FEATURE_MODEL_IMAGE_SIZE, FEATURE_MODEL_RESIZE, FEATURE_MODEL_SCORE_SHARE, ModelConfig
 
 torch = require_torch()
 nn = torch.nn
@@ -21,6 +21,7 @@ class PadimConfig(ModelConfig):
     n_features: int = 100
     regularization: float = 0.01  # added to the covariance diagonal so it stays invertible
     image_size: tuple[int, int] = FEATURE_MODEL_IMAGE_SIZE
+    resize: str = FEATURE_MODEL_RESIZE
     # Image score: the mean of the top `score_share` of the smoothed anomaly map (0: the map's maximum).
     score_share: float = FEATURE_MODEL_SCORE_SHARE
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ...errors import ConfigError, require_torch
 from .._ops import GaussianBlur, MapScoring, aggregate_features, check_score_share, min_euclidean
 from ..backbones import FeatureExtractor
-from ..config import FEATURE_MODEL_IMAGE_SIZE, FEATURE_MODEL_SCORE_SHARE, ModelConfig
+from ..config import FEATURE_MODEL_IMAGE_SIZE, FEATURE_MODEL_RESIZE, FEATURE_MODEL_SCORE_SHARE, ModelConfig
 
 torch = require_torch()
 nn = torch.nn
@@ -26,6 +26,7 @@ class PatchCoreConfig(ModelConfig):
     bank_size: int = 0
     feature_dim: int = 0
     image_size: tuple[int, int] = FEATURE_MODEL_IMAGE_SIZE
+    resize: str = FEATURE_MODEL_RESIZE
     # Image score: the mean of the top `score_share` of the smoothed anomaly map (0: the map's maximum).
     score_share: float = FEATURE_MODEL_SCORE_SHARE
 
