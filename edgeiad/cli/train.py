@@ -54,7 +54,9 @@ def train(
     model: str = typer.Argument(..., help="model name (see `edgeiad models`)"),
     data: str = typer.Option(..., "--data", help="elpv-mono | elpv-poly | MVTec-layout folder | folder of good images"),
     backbone: str = typer.Option(None, help="backbone (default efficientnet_lite0)"),
-    image_size: int = typer.Option(None, "--image-size", help="input size, multiple of 16 (default 384 for feature-bank models, else 256)"),
+    image_size: int = typer.Option(
+        None, "--image-size", help="input size, multiple of 16 (default 384 for feature-bank models, else 256)"
+    ),
     coreset_ratio: float = typer.Option(None, "--coreset-ratio", help="PatchCore memory-bank share (default 0.01)"),
     seed: int = typer.Option(None, help="random seed (default 0)"),
     epochs: int = typer.Option(None, "--epochs", help="learned models: most epochs (default 40, early stop on)"),
