@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import ConfigError, require_torch
+from ..errors import require_torch
 
 torch = require_torch()
 nn = torch.nn
@@ -102,11 +102,6 @@ def to_anomaly_map(patch_scores, image_size: tuple[int, int], blur: GaussianBlur
         count = max(1, math.ceil(score_share * flat.shape[1]))
         return anomaly_map, torch.topk(flat, count, dim=1).values.mean(dim=1)
     return anomaly_map, torch.amax(anomaly_map, dim=(1, 2, 3))
-
-
-def check_score_share(share: float) -> None:
-    if not isinstance(share, (int, float)) or not 0.0 <= share < 1.0:
-        raise ConfigError(f"score_share {share!r} is invalid: use 0 (the map's maximum) or a share below 1, e.g. 0.05")
 
 
 class MapScoring:

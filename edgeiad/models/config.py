@@ -13,19 +13,6 @@ from ..errors import ConfigError
 MAX_IMAGE_SIZE = 2048  # larger inputs exhaust memory in feature extraction long before they help accuracy
 RESIZE_MODES = ("aspect", "squash")
 
-# Defaults of the feature-bank models (PatchCore, PaDiM and their ensemble), chosen by `edgeiad study` on the mean
-# over six real sets (bsdata, bsdata-full, deeppcb, cfd, ELPV mono and poly), PatchCore eager, aspect-kept input
-# (before/after table and the one-factor tables: docs/quality-study.md):
-# - 384 px: image AUROC 256/320/384 bsdata 0.997/0.997/0.998, bsdata-full 0.918/0.944/0.938, deeppcb
-#   0.540/0.545/0.601, ELPV mono 0.885/0.886/0.880; pixel AUROC deeppcb 0.736/0.821/0.883, bsdata-full
-#   0.983/0.987/0.989 (AUPRO 0.265/0.399/0.549 and 0.716/0.730/0.759). Small tiles stay small (max_upscale).
-# - image score = mean of the top 5 % of the smoothed map instead of its single maximum: image AUROC max → top 5 %
-#   bsdata 0.996 → 0.999, bsdata-full 0.938 → 0.959, deeppcb 0.601 → 0.601, cfd 0.915 → 0.943,
-#   ELPV mono 0.880 → 0.902, poly 0.776 → 0.793: defects cover more than one pixel, noise rarely does.
-FEATURE_MODEL_RESIZE = "aspect"
-FEATURE_MODEL_IMAGE_SIZE = (384, 384)
-FEATURE_MODEL_SCORE_SHARE = 0.05
-
 
 def _multiple_of_16(value: float) -> int:
     return min(MAX_IMAGE_SIZE, max(32, int(round(value / 16.0)) * 16))
@@ -41,7 +28,7 @@ class ModelConfig:
     image_size: tuple[int, int] = (256, 256)
     # "aspect": fit() reshapes image_size to the training images' aspect ratio at about the same pixel count, so
     # wide or tall parts are not squashed, and enlarges small images by at most `max_upscale`; "squash": every
-    # image is resized to image_size as given. The feature-bank models default to "aspect" (FEATURE_MODEL_RESIZE);
+    # image is resized to image_size as given. The feature-bank models default to "aspect" (FeatureBankConfig);
     # the trained models keep "squash", which measured better for them on bsdata (104x256): npad 0.994 / 0.986 /
     # 0.848 squashed vs 0.991 / 0.981 / 0.830 aspect-kept, efficientad 0.990 / 0.976 / 0.820 vs 0.970 / 0.961 / 0.777
     # (image AUROC / pixel AUROC / AUPRO, exported).
@@ -122,3 +109,31 @@ class ModelConfig:
             area = min(area, float(np.median(heights * widths)) * self.max_upscale**2)
         height = math.sqrt(area / aspect)
         return _multiple_of_16(height), _multiple_of_16(height * aspect)
+
+
+def check_score_share(share: float) -> None:
+    if not isinstance(share, (int, float)) or not 0.0 <= share < 1.0:
+        raise ConfigError(f"score_share {share!r} is invalid: use 0 (the map's maximum) or a share below 1, e.g. 0.05")
+
+
+@dataclass
+class FeatureBankConfig(ModelConfig):
+    """Defaults shared by the feature-bank models (PatchCore, PaDiM and their ensemble)."""
+
+    # Chosen by `edgeiad study` on the mean over six real sets (bsdata, bsdata-full, deeppcb, cfd, ELPV mono and
+    # poly), PatchCore eager, aspect-kept input
+    # (before/after table and the one-factor tables: docs/quality-study.md):
+    # - 384 px: image AUROC 256/320/384 bsdata 0.997/0.997/0.998, bsdata-full 0.918/0.944/0.938, deeppcb
+    #   0.540/0.545/0.601, ELPV mono 0.885/0.886/0.880; pixel AUROC deeppcb 0.736/0.821/0.883, bsdata-full
+    #   0.983/0.987/0.989 (AUPRO 0.265/0.399/0.549 and 0.716/0.730/0.759). Small tiles stay small (max_upscale).
+    # - image score = mean of the top 5 % of the smoothed map instead of its single maximum: image AUROC max → top 5 %
+    #   bsdata 0.996 → 0.999, bsdata-full 0.938 → 0.959, deeppcb 0.601 → 0.601, cfd 0.915 → 0.943,
+    #   ELPV mono 0.880 → 0.902, poly 0.776 → 0.793: defects cover more than one pixel, noise rarely does.
+    image_size: tuple[int, int] = (384, 384)
+    resize: str = "aspect"
+    # Image score: the mean of the top `score_share` of the smoothed anomaly map (0: the map's maximum).
+    score_share: float = 0.05
+
+    def validate(self) -> None:
+        super().validate()
+        check_score_share(self.score_share)

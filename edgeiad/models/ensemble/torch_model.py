@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import ConfigError, require_torch
-from .._ops import GaussianBlur, MapScoring, aggregate_features, check_score_share, chunked_min_euclidean
+from .._ops import GaussianBlur, MapScoring, aggregate_features, chunked_min_euclidean
 from ..backbones import FeatureExtractor
-from ..config import FEATURE_MODEL_IMAGE_SIZE, FEATURE_MODEL_RESIZE, FEATURE_MODEL_SCORE_SHARE, ModelConfig
+from ..config import FeatureBankConfig
 from ..padim.torch_model import check_n_features, mahalanobis_distances, random_channels
 from ..patchcore.torch_model import check_coreset_ratio, nearest_distances
 
@@ -16,7 +16,7 @@ nn = torch.nn
 
 
 @dataclass
-class EnsembleConfig(ModelConfig):
+class EnsembleConfig(FeatureBankConfig):
     """PatchCore's and PaDiM's settings, and the share of good images that calibrates their scores."""
 
     model: str = "ensemble"
@@ -29,16 +29,11 @@ class EnsembleConfig(ModelConfig):
     calibration_share: float = 0.1  # good training images kept out of both fits to measure their score scales
     # Calibrated score = (raw - its median on held-out good patches) / (its q-quantile - that median).
     calibration_quantile: float = 0.995
-    image_size: tuple[int, int] = FEATURE_MODEL_IMAGE_SIZE
-    resize: str = FEATURE_MODEL_RESIZE
-    # Image score: the mean of the top `score_share` of the smoothed anomaly map (0: the map's maximum).
-    score_share: float = FEATURE_MODEL_SCORE_SHARE
 
     def validate(self) -> None:
         super().validate()
         check_coreset_ratio(self.coreset_ratio)
         check_n_features(self.n_features)
-        check_score_share(self.score_share)
         if not 0.0 < self.calibration_share < 1.0 or not 0.5 < self.calibration_quantile < 1.0:
             raise ConfigError("calibration_share must be in (0, 1), calibration_quantile in (0.5, 1): e.g. 0.1, 0.995")
 

@@ -5,30 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import ConfigError, require_torch
-from .._ops import GaussianBlur, MapScoring, aggregate_features, check_score_share
+from .._ops import GaussianBlur, MapScoring, aggregate_features
 from ..backbones import FeatureExtractor
-from ..config import FEATURE_MODEL_IMAGE_SIZE, FEATURE_MODEL_RESIZE, FEATURE_MODEL_SCORE_SHARE, ModelConfig
+from ..config import FeatureBankConfig
 
 torch = require_torch()
 nn = torch.nn
 
 
 @dataclass
-class PadimConfig(ModelConfig):
+class PadimConfig(FeatureBankConfig):
     """PaDiM settings: `n_features` random channels keep the per-position covariance small."""
 
     model: str = "padim"
     n_features: int = 100
     regularization: float = 0.01  # added to the covariance diagonal so it stays invertible
-    image_size: tuple[int, int] = FEATURE_MODEL_IMAGE_SIZE
-    resize: str = FEATURE_MODEL_RESIZE
-    # Image score: the mean of the top `score_share` of the smoothed anomaly map (0: the map's maximum).
-    score_share: float = FEATURE_MODEL_SCORE_SHARE
 
     def validate(self) -> None:
         super().validate()
         check_n_features(self.n_features)
-        check_score_share(self.score_share)
 
 
 def check_n_features(count: int) -> None:

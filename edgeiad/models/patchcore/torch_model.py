@@ -5,16 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import ConfigError, require_torch
-from .._ops import GaussianBlur, MapScoring, aggregate_features, check_score_share, min_euclidean
+from .._ops import GaussianBlur, MapScoring, aggregate_features, min_euclidean
 from ..backbones import FeatureExtractor
-from ..config import FEATURE_MODEL_IMAGE_SIZE, FEATURE_MODEL_RESIZE, FEATURE_MODEL_SCORE_SHARE, ModelConfig
+from ..config import FeatureBankConfig
 
 torch = require_torch()
 nn = torch.nn
 
 
 @dataclass
-class PatchCoreConfig(ModelConfig):
+class PatchCoreConfig(FeatureBankConfig):
     """PatchCore settings; `bank_size` is filled in by fit once the coreset is chosen."""
 
     model: str = "patchcore"
@@ -25,15 +25,10 @@ class PatchCoreConfig(ModelConfig):
     projection_dim: int = 128  # random-projection size used only to select the coreset
     bank_size: int = 0
     feature_dim: int = 0
-    image_size: tuple[int, int] = FEATURE_MODEL_IMAGE_SIZE
-    resize: str = FEATURE_MODEL_RESIZE
-    # Image score: the mean of the top `score_share` of the smoothed anomaly map (0: the map's maximum).
-    score_share: float = FEATURE_MODEL_SCORE_SHARE
 
     def validate(self) -> None:
         super().validate()
         check_coreset_ratio(self.coreset_ratio)
-        check_score_share(self.score_share)
 
 
 def check_coreset_ratio(ratio: float) -> None:
