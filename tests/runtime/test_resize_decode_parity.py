@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from edgeiad_runtime import resize as resize_module
 from edgeiad_runtime.decode import decode_image_file
 from edgeiad_runtime.postprocess import resize_map
 from edgeiad_runtime.preprocess import Preprocessing, preprocess, read_image
@@ -13,9 +14,16 @@ from edgeiad_runtime.resize import resize_linear_uint8, resize_nearest
 SIZES = [(300, 400, 256, 256), (1024, 768, 256, 256), (64, 80, 256, 256), (77, 131, 64, 64), (255, 257, 320, 192)]
 
 
+@pytest.fixture(params=["numpy", "opencv"])
+def resize_path(request, monkeypatch):
+    """Both resize paths: numpy alone (a runtime without OpenCV) and the cv2.resize fast path."""
+    monkeypatch.setattr(resize_module, "_opencv_module", None if request.param == "numpy" else cv2)
+    return request.param
+
+
 @pytest.mark.parametrize(("height", "width", "to_height", "to_width"), SIZES)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_linear_resize_is_bit_identical_to_opencv(height, width, to_height, to_width, channels):
+def test_linear_resize_is_bit_identical_to_opencv(height, width, to_height, to_width, channels, resize_path):
     rng = np.random.default_rng(height * width + channels)
     image = rng.integers(0, 256, (height, width, channels), dtype=np.uint8).squeeze()
     expected = cv2.resize(image, (to_width, to_height), interpolation=cv2.INTER_LINEAR)
@@ -29,13 +37,27 @@ def test_linear_resize_is_bit_identical_to_opencv(height, width, to_height, to_w
     )
 
 
-def test_preprocess_matches_the_opencv_path_it_replaced():
+def test_preprocess_matches_the_opencv_path_it_replaced(resize_path):
     rng = np.random.default_rng(5)
     rgb = cv2.GaussianBlur(rng.integers(0, 256, (333, 517, 3), dtype=np.uint8), (5, 5), 0)
     spec = Preprocessing(height=256, width=256)
     resized = cv2.resize(rgb, (256, 256), interpolation=cv2.INTER_LINEAR).astype(np.float32)
     expected = ((resized - 127.0) * np.float32(1 / 128.0)).transpose(2, 0, 1)
     np.testing.assert_array_equal(preprocess(rgb, spec), expected)
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # a reversed-stride view reaches resize: both paths take it
+    np.testing.assert_array_equal(preprocess(bgr, Preprocessing(height=256, width=256, channel_order="BGR")), expected)
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (40, 50, 1), (40, 50, 3), (40, 50, 4)])
+def test_both_resize_paths_keep_the_layout(shape, monkeypatch):
+    image = np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8)
+    results = {}
+    for name, module in (("numpy", None), ("opencv", cv2)):
+        monkeypatch.setattr(resize_module, "_opencv_module", module)
+        results[name] = (resize_linear_uint8(image, 31, 77), resize_nearest(image, 31, 77))
+    for numpy_result, opencv_result in zip(*results.values()):
+        assert numpy_result.shape == opencv_result.shape == (31, 77, *shape[2:])
+        np.testing.assert_array_equal(numpy_result, opencv_result)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".tif"])

