@@ -14,6 +14,7 @@ from . import app, examples
         "edgeiad watch artifacts/padim --source 0 --jsonl frames.jsonl",
         "edgeiad watch artifacts/padim --source rtsp://camera/stream --save-anomalies anomalies/",
         "edgeiad watch artifacts/padim --source parts/ --max-frames 100",
+        "edgeiad watch artifacts/padim --source 0 --source 1 --source rtsp://cam3/stream   # 3 cameras, batched",
         "edgeiad watch padim --server grpc://inference-box:8001 --source 0      # model padim on a Triton server",
     )
 )
@@ -21,8 +22,11 @@ def watch(
     artifact: Path = typer.Argument(
         ..., help="artifact folder written by edgeiad export; with --server: a served model name or its folder"
     ),
-    source: str = typer.Option(
-        ..., "--source", help="camera index (0), video file, rtsp:// or http:// URL, image file or folder of images"
+    source: list[str] = typer.Option(
+        ...,
+        "--source",
+        help="camera index (0), video file, rtsp:// or http:// URL, image file or folder of images; repeat it for "
+        "several cameras: the newest frame of each is scored in one batched call",
     ),
     jsonl: Path = typer.Option(
         None, "--jsonl", help="append the per-frame JSON lines to FILE (default: stdout; events also go to stdout)"
@@ -50,6 +54,9 @@ def watch(
         None, "--server", help="Triton server that runs the model: http://HOST:8000 or grpc://HOST:8001"
     ),
     model: str = typer.Option(None, "--model", help="with --server: the served model's name  [default: ARTIFACT's]"),
+    batch_wait_ms: float = typer.Option(
+        10.0, "--batch-wait-ms", help="several sources: the longest a frame waits for the other sources' frames"
+    ),
 ) -> None:
     """Score every frame of a live source (newest frame first, reconnecting) or a file/folder (every frame).
 
@@ -62,7 +69,7 @@ def watch(
 
     summary = run_watch(
         artifact,
-        source,
+        source if len(source) != 1 else source[0],
         jsonl=jsonl,
         save_anomalies=save_anomalies,
         overlay_video=overlay_video,
@@ -78,6 +85,7 @@ def watch(
         restore_signals=not owns_process(),  # main() ignores late signals from here on
         server=server,
         model=model,
+        batch_wait_ms=batch_wait_ms,
     )
     if "output_error" in summary:
         raise OutputError(summary["output_error"])

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from time import perf_counter
 
@@ -50,14 +51,45 @@ from .sources import (
     open_source,
 )
 
+DEFAULT_BATCH_WAIT_MS = 10.0  # several sources: how long a frame may wait for the other sources' frames
+
+
+def check_batch_wait(milliseconds: float) -> float:
+    """A batch wait in milliseconds, 0 (take what is there) to 1000."""
+    if not isinstance(milliseconds, (int, float)) or not 0 <= milliseconds <= 1000:
+        raise ConfigError(f"--batch-wait-ms is {milliseconds!r}: pass milliseconds from 0 to 1000")
+    return float(milliseconds)
+
+
+class _Stream:
+    """One source of a Watcher with its own slot, reader thread, stall flag and counts."""
+
+    def __init__(self, number: int, source: FrameSource, keep_latest: bool, wake: threading.Event) -> None:
+        self.number, self.source = number, source
+        self.slot = FrameSlot(keep_latest=keep_latest, wake=wake)
+        self.reader: FrameReader | None = None
+        self.ended = False
+        self.stalled = False
+        self.counts = {"frames": 0, "anomalous": 0, "frame_errors": 0}
+
 
 class Watcher:
-    """Runs a detector over a FrameSource until it ends, `max_frames` are scored, or `stop` is set."""
+    """Runs a detector over one FrameSource, or several, until they end, `max_frames` are scored, or `stop` is set.
+
+    With several sources (cameras on one appliance) each has its own reader thread and one-frame slot, and the
+    loop scores the newest frame of every source that has one in a single batched call (`predict_batch`): per
+    frame cost falls with the batch, and no camera waits behind another's backlog. After the first frame of a
+    round arrives, the loop waits at most `batch_wait_ms` for the other sources' frames (the latency budget a
+    frame may spend waiting for company); a source that has nothing by then is left for the next round. Lines
+    carry `stream` (the source's position, from 0) and `source`; the summary adds one entry per stream. A
+    frame that fails inside a batch (corrupt, NaN score) is re-scored on its own, so the other cameras' frames
+    of that round are still scored and only the bad one is a `frame_error`.
+    """
 
     def __init__(
         self,
         detector,
-        source: FrameSource,
+        source: FrameSource | Sequence[FrameSource],
         sink: JsonlSink | None = None,
         evidence: Evidence | None = None,
         max_frames: int | None = None,
@@ -67,11 +99,15 @@ class Watcher:
         stop: threading.Event | None = None,
         join_timeout: float = JOIN_TIMEOUT_S,
         stall_timeout: float = STALL_TIMEOUT_S,
+        batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
     ) -> None:
         self.color_order = check_color_order(color_order)
         if max_frames is not None and max_frames < 1:
             raise ConfigError(f"--max-frames is {max_frames}: pass 1 or more, or leave it out to run until stopped")
-        self.detector, self.source = detector, source
+        sources = [source] if isinstance(source, FrameSource) else list(source)
+        if not sources:
+            raise ConfigError("no --source given: pass at least one camera index, stream URL, video file or folder")
+        self.detector = detector
         self.sink = sink or JsonlSink()
         self.evidence = evidence
         self.max_frames = max_frames
@@ -80,16 +116,25 @@ class Watcher:
         self.stop = stop or threading.Event()
         self.join_timeout = join_timeout
         self.stall_timeout = check_stall_timeout(stall_timeout)
-        self.slot = FrameSlot(keep_latest=source.live or realtime)
-        self.reader: FrameReader | None = None
+        self.batch_wait = check_batch_wait(batch_wait_ms) / 1000.0
+        self._wake = threading.Event()
+        self.streams = [_Stream(i, s, s.live or realtime, self._wake) for i, s in enumerate(sources)]
+        self.multi = len(self.streams) > 1
+        self.source, self.slot = self.streams[0].source, self.streams[0].slot  # the one source of a single watch
         self.stopped_by: str | None = None
         self.output_error: str | None = None
         self._hurry = threading.Event()  # a second Ctrl-C: stop waiting for a stuck reader
         self.counts = {"frames": 0, "anomalous": 0, "frame_errors": 0}
+        self.batches: list[int] = []  # frames per scoring call
         self.latencies = _Reservoir()
         self.sink.on_error = self._output_failed
-        if isinstance(source, FolderSource) and source.on_event is None:
-            source.on_event = self.sink.event
+        for stream in self.streams:
+            if isinstance(stream.source, FolderSource) and stream.source.on_event is None:
+                stream.source.on_event = self.sink.event
+
+    @property
+    def reader(self) -> FrameReader | None:
+        return self.streams[0].reader
 
     # signals -------------------------------------------------------------------------------------------
     def _install_signals(self) -> dict:
@@ -101,6 +146,7 @@ class Watcher:
                 self._hurry.set()  # never raise here: the summary must still be written
             self.stopped_by = self.stopped_by or signal.Signals(signum).name
             self.stop.set()
+            self._wake.set()
 
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -124,7 +170,7 @@ class Watcher:
     def run(self, install_signals: bool = True, restore_signals: bool = True) -> dict:
         """Score frames until the end; returns (and writes) the summary line.
 
-        Signals are handled from the start and every source is opened by the reader thread, so a source
+        Signals are handled from the start and every source is opened by its reader thread, so a source
         that blocks while opening (a FIFO without writer, a dead stream) never blocks Ctrl-C.
         restore_signals=False keeps the handlers afterwards: a CLI that exits next must not die of a late
         second Ctrl-C with the default handler.
@@ -132,11 +178,15 @@ class Watcher:
         previous = self._install_signals() if install_signals else {}
         started = perf_counter()
         try:
-            if self.evidence is not None and self.evidence.video_fps == DEFAULT_VIDEO_FPS and self.source.fps:
-                self.evidence.video_fps = self.source.fps
-            pace = (self.source.fps or DEFAULT_VIDEO_FPS) if self.realtime and not self.source.live else None
-            self.reader = FrameReader(self.source, self.slot, self.stop, self.sink.event, self.backoff, pace_fps=pace)
-            self.reader.start()
+            first = self.streams[0].source
+            if self.evidence is not None and self.evidence.video_fps == DEFAULT_VIDEO_FPS and first.fps:
+                self.evidence.video_fps = first.fps
+            for stream in self.streams:
+                source = stream.source
+                pace = (source.fps or DEFAULT_VIDEO_FPS) if self.realtime and not source.live else None
+                reader = FrameReader(source, stream.slot, self.stop, self.sink.event, self.backoff, pace_fps=pace)
+                stream.reader = reader
+                reader.start()
             started = perf_counter()
             self._loop(started)
         finally:
@@ -149,45 +199,119 @@ class Watcher:
                 self.sink.close()
                 if restore_signals:
                     self._restore_signals(previous)
-        if self.reader.open_error is not None and not self.source.live and self.counts["frames"] == 0:
-            raise self.reader.open_error  # a finite source that cannot open is an error, not a quiet end
+        for stream in self.streams:  # a finite source that cannot open is an error, not a quiet end
+            reader = stream.reader
+            if reader.open_error is not None and not stream.source.live and stream.counts["frames"] == 0:
+                raise reader.open_error
         return self.summary
 
     def _loop(self, started: float) -> None:
-        stalled = False
         while not self.stop.is_set():
-            item = self.slot.get(0.1)
-            if item is None:
-                silent = perf_counter() - self.reader.last_frame_at
-                if self.source.live and silent > self.stall_timeout and not stalled:
-                    stalled = True  # once per stall: the reader's own reconnect follows when read() returns
-                    self.sink.event({"event": "stalled", "seconds": round(silent, 1), "source": self.source.name})
-                continue
-            if item is FrameSlot.END:
-                ended = "stop" if self.stop.is_set() else "error" if self.reader.error else "end"
-                self.stopped_by = self.stopped_by or ended
+            batch = self._gather()
+            self._check_stalls()  # every round: a silent camera is reported while the others keep delivering
+            if batch is None:  # every source ended
+                ended = [s for s in self.streams if s.reader.error]
+                self.stopped_by = self.stopped_by or ("stop" if self.stop.is_set() else "error" if ended else "end")
                 return
-            stalled = False
-            self._score(item, started)
+            if not batch:
+                continue
+            self._score(batch, started)
             if self.max_frames is not None and self.counts["frames"] >= self.max_frames:
                 self.stopped_by = self.stopped_by or "max_frames"
                 return
         self.stopped_by = self.stopped_by or "stop"
 
-    def _score(self, item: Frame, started: float) -> None:
+    def _gather(self) -> list[tuple[_Stream, Frame]] | None:
+        """One frame from each source that has one (waiting up to the batch budget for the rest), [] when none
+        came within 0.1 s, None once every source has ended."""
+        batch: list[tuple[_Stream, Frame]] = []
+        deadline = None
+        while True:
+            self._wake.clear()  # cleared before looking: a frame put after this wakes the wait below
+            taken = {stream.number for stream, _ in batch}
+            for stream in self.streams:
+                if stream.ended or stream.number in taken:
+                    continue
+                item = stream.slot.get(0)
+                if item is FrameSlot.END:
+                    stream.ended = True
+                elif item is not None:
+                    stream.stalled = False
+                    batch.append((stream, item))
+            waiting = [s for s in self.streams if not s.ended and s.number not in {b[0].number for b in batch}]
+            if not batch and len(waiting) == 0:
+                return None
+            if batch and (not waiting or self.max_frames is not None and self._room() <= len(batch)):
+                return self._trim(batch)
+            now = perf_counter()
+            if batch and deadline is None:
+                deadline = now + self.batch_wait
+            timeout = 0.1 if not batch else deadline - now
+            if batch and timeout <= 0:
+                return self._trim(batch)
+            if not self._wake.wait(timeout) and not batch:
+                return []
+            if self.stop.is_set():
+                return self._trim(batch) if batch else []
+
+    def _room(self) -> int:
+        return self.max_frames - self.counts["frames"]
+
+    def _trim(self, batch: list) -> list:
+        """No more frames than --max-frames leaves room for (a trimmed frame counts as dropped)."""
+        if self.max_frames is None or len(batch) <= self._room():
+            return batch
+        for stream, _ in batch[self._room() :]:
+            stream.slot.dropped += 1
+        return batch[: self._room()]
+
+    def _check_stalls(self) -> None:
+        for stream in self.streams:
+            if stream.ended or not stream.source.live or stream.stalled or stream.reader is None:
+                continue
+            silent = perf_counter() - stream.reader.last_frame_at
+            if silent > self.stall_timeout:
+                stream.stalled = True  # once per stall: the reader's own reconnect follows when read() returns
+                self.sink.event({"event": "stalled", "seconds": round(silent, 1), "source": stream.source.name})
+
+    def _predict(self, images: list) -> list:
+        if len(images) == 1 or not hasattr(self.detector, "predict_batch"):
+            return [self.detector.predict(image, color_order=self.color_order) for image in images]
+        return self.detector.predict_batch(images, color_order=self.color_order)
+
+    def _score(self, batch: list[tuple[_Stream, Frame]], started: float) -> None:
         begin = perf_counter()
         try:
-            result = self.detector.predict(item.image, color_order=self.color_order)
+            results = self._predict([frame.image for _, frame in batch])
         except (DataError, NonFiniteScoreError, ServerError) as exc:  # a bad frame or a server blip: keep watching
-            self.counts["frame_errors"] += 1
-            self.sink.event({"event": "frame_error", "frame": item.index, "error": str(exc), "path": item.label})
+            if len(batch) > 1:
+                for pair in batch:  # find the bad frame: the other cameras' frames are still scored
+                    self._score([pair], started)
+                return
+            stream, item = batch[0]
+            self._frame_error(stream, item, exc)
             return
         done = perf_counter()
-        self.counts["frames"] += 1
         latency = (done - begin) * 1000.0
+        self.batches.append(len(batch))
+        for (stream, item), result in zip(batch, results):
+            self._write(stream, item, result, latency, done, started)
+
+    def _frame_error(self, stream: _Stream, item: Frame, exc: Exception) -> None:
+        self.counts["frame_errors"] += 1
+        stream.counts["frame_errors"] += 1
+        event = {"event": "frame_error", "frame": item.index, "error": str(exc), "path": item.label}
+        if self.multi:
+            event.update(stream=stream.number, source=stream.source.name)
+        self.sink.event(event)
+
+    def _write(self, stream: _Stream, item: Frame, result, latency: float, done: float, started: float) -> None:
+        self.counts["frames"] += 1
+        stream.counts["frames"] += 1
         self.latencies.add(latency)
         flagged = bool(result.is_anomalous)
         self.counts["anomalous"] += flagged
+        stream.counts["anomalous"] += flagged
         line = {
             "frame": item.index,
             "time": _now_iso(item.captured),
@@ -197,35 +321,42 @@ class Watcher:
             "latency_ms": round(latency, 3),
             "age_ms": round((done - item.captured_at) * 1000.0, 3),
             "fps": round(self.counts["frames"] / max(done - started, 1e-9), 3),
-            "source": self.source.name,
+            "source": stream.source.name,
         }
+        if self.multi:
+            line["stream"] = stream.number
         if item.label is not None:
             line["path"] = item.label
         self.sink.write(line)
         if flagged and self.evidence is not None and self.evidence.active:
             try:
-                self.evidence.record(item, result)
+                self.evidence.record(item, result, stream=stream.number if self.multi else None)
             except OutputError as exc:
                 self._output_failed(str(exc))
 
     def _summary(self, elapsed: float) -> dict:
-        frames, reader = self.counts["frames"], self.reader
+        frames = self.counts["frames"]
+        readers = [s.reader for s in self.streams if s.reader is not None]
         summary = {
             "event": "summary",
             **self.counts,
-            "skipped": self.source.skipped,
-            "dropped": self.slot.dropped,
-            "reconnects": reader.reconnects if reader is not None else 0,
+            "skipped": sum(s.source.skipped for s in self.streams),
+            "dropped": sum(s.slot.dropped for s in self.streams),
+            "reconnects": sum(r.reconnects for r in readers),
             "fps": round(frames / elapsed, 3) if elapsed > 0 and frames else 0.0,
             "latency_ms_p50": self.latencies.percentile(50),
             "latency_ms_p95": self.latencies.percentile(95),
-            "read": reader.read_count if reader is not None else 0,
+            "read": sum(r.read_count for r in readers),
             "stopped_by": self.stopped_by or "error",
-            "source": self.source.name,
+            "source": self.source.name if not self.multi else ", ".join(s.source.name for s in self.streams),
             "time": _now_iso(),
         }
-        if reader is not None and reader.error:
-            summary["source_error"] = reader.error
+        errors = [(s.source.name, s.reader.error) for s in self.streams if s.reader is not None and s.reader.error]
+        if errors:
+            summary["source_error"] = "; ".join(f"{n}: {e}" for n, e in errors) if self.multi else errors[0][1]
+        if self.multi:
+            summary["mean_batch"] = round(sum(self.batches) / len(self.batches), 3) if self.batches else 0.0
+            summary["streams"] = [self._stream_summary(s, elapsed) for s in self.streams]
         if self.evidence is not None and self.evidence.active:
             summary["evidence_saved"] = self.evidence.saved
             summary["overlay_video_frames"] = self.evidence.video_frames
@@ -233,21 +364,42 @@ class Watcher:
             summary["output_error"] = self.output_error
         return summary
 
+    @staticmethod
+    def _stream_summary(stream: _Stream, elapsed: float) -> dict:
+        reader = stream.reader
+        entry = {
+            "stream": stream.number,
+            "source": stream.source.name,
+            **stream.counts,
+            "fps": round(stream.counts["frames"] / elapsed, 3) if elapsed > 0 else 0.0,
+            "dropped": stream.slot.dropped,
+            "skipped": stream.source.skipped,
+            "reconnects": reader.reconnects if reader is not None else 0,
+            "read": reader.read_count if reader is not None else 0,
+        }
+        if reader is not None and reader.error:
+            entry["source_error"] = reader.error
+        return entry
+
     def _shutdown(self) -> None:
-        reader = self.reader
-        if reader is not None and reader.is_alive():
-            deadline = perf_counter() + self.join_timeout
-            while reader.is_alive() and perf_counter() < deadline and not self._hurry.is_set():
-                reader.join(0.05)  # in slices: a second Ctrl-C ends the wait at once
-            if reader.is_alive():
-                why = "a second interrupt" if self._hurry.is_set() else f"{self.join_timeout:g} s"
-                message = f"reader still busy in open() or read() after {why}: not waiting for it"
-                self.sink.event({"event": "warning", "message": message, "time": _now_iso()})
-        elif reader is None:
-            try:
-                self.source.close()
-            except Exception:
-                pass
+        deadline = perf_counter() + self.join_timeout
+        for stream in self.streams:
+            reader = stream.reader
+            if reader is not None and reader.is_alive():
+                while reader.is_alive() and perf_counter() < deadline and not self._hurry.is_set():
+                    reader.join(0.05)  # in slices: a second Ctrl-C ends the wait at once
+                if reader.is_alive():
+                    why = "a second interrupt" if self._hurry.is_set() else f"{self.join_timeout:g} s"
+                    message = f"reader still busy in open() or read() after {why}: not waiting for it"
+                    event = {"event": "warning", "message": message, "time": _now_iso()}
+                    if self.multi:
+                        event["source"] = stream.source.name
+                    self.sink.event(event)
+            elif reader is None:
+                try:
+                    stream.source.close()
+                except Exception:
+                    pass
         if self.evidence is not None:
             try:
                 self.evidence.close()
@@ -283,7 +435,7 @@ def check_color_order(color_order: str) -> str:
 
 def watch(
     artifact: str | Path,
-    source: str | FrameSource,
+    source: str | FrameSource | Sequence[str | FrameSource],
     jsonl: str | Path | None = None,
     save_anomalies: str | Path | None = None,
     overlay_video: str | Path | None = None,
@@ -302,18 +454,30 @@ def watch(
     restore_signals: bool = True,
     server: str | None = None,
     model: str | None = None,
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
 ) -> dict:
-    """Load `artifact` (or with `server`, its model on that Triton server), score `source`; return the summary."""
+    """Load `artifact` (or with `server`, its model on that Triton server), score `source`; return the summary.
+
+    `source` may be a list: several cameras on one box, scored together in one batched call per round."""
     order = check_color_order(color_order)
     check_stall_timeout(stall_timeout)
     if threads is not None and threads < 0:
         raise ConfigError(f"--threads is {threads}: pass 1 or more (0 or nothing: the backend's default)")
     if max_frames is not None and max_frames < 1:
         raise ConfigError(f"--max-frames is {max_frames}: pass 1 or more, or leave it out to run until stopped")
-    if isinstance(source, FrameSource):
-        frame_source = source
-    else:
-        frame_source = open_source(source, loop=loop, stall_timeout=stall_timeout)
+    check_batch_wait(batch_wait_ms)
+    specs = [source] if isinstance(source, (str, Path, FrameSource)) else list(source)
+    if not specs:
+        raise ConfigError("no --source given: pass at least one camera index, stream URL, video file or folder")
+    if len({str(spec) for spec in specs if not isinstance(spec, FrameSource)}) < sum(
+        not isinstance(spec, FrameSource) for spec in specs
+    ):
+        raise ConfigError("the same --source is given twice: pass each camera, stream, file or folder once")
+    frame_sources = [
+        spec if isinstance(spec, FrameSource) else open_source(spec, loop=loop, stall_timeout=stall_timeout)
+        for spec in specs
+    ]
+    frame_source = frame_sources[0] if len(frame_sources) == 1 else frame_sources
     if server is None:
         from edgeiad_runtime import Detector
 
@@ -339,6 +503,7 @@ def watch(
             backoff=backoff,
             stop=stop,
             stall_timeout=stall_timeout,
+            batch_wait_ms=batch_wait_ms,
         ).run(install_signals=install_signals, restore_signals=restore_signals)
     finally:
         if sink is not None:
@@ -348,6 +513,7 @@ def watch(
 
 __all__ = [
     "COLOR_ORDERS",
+    "DEFAULT_BATCH_WAIT_MS",
     "Backoff",
     "CaptureSource",
     "Evidence",

@@ -170,13 +170,16 @@ class Evidence:
     def active(self) -> bool:
         return self.folder is not None or self.video is not None
 
-    def record(self, frame: Frame, result) -> None:
+    def record(self, frame: Frame, result, stream: int | None = None) -> None:
+        """Save the frame and its overlay (and add the overlay to the video); `stream` prefixes the file names
+        when several sources are watched, so two cameras' frames of the same number never overwrite each other."""
         bgr = cv2.cvtColor(to_rgb_uint8(frame.image, source="frame", color_order=self.color_order), cv2.COLOR_RGB2BGR)
         overlay = heat_overlay(bgr, self.scaler(result))
         if self.folder is not None:
             score = result.score if result.score is not None else result.raw_score
             stamp = datetime.fromtimestamp(frame.captured, timezone.utc).strftime("%Y%m%dT%H%M%S.%f")[:-3]
-            stem = f"{stamp}Z_frame{frame.index:06d}_score{score:.3f}"
+            camera = "" if stream is None else f"_stream{stream}"
+            stem = f"{stamp}Z{camera}_frame{frame.index:06d}_score{score:.3f}"
             for name, image in ((f"{stem}.png", bgr), (f"{stem}_overlay.png", overlay)):
                 if not cv2.imwrite(str(self.folder / name), image):
                     (self.folder / name).unlink(missing_ok=True)  # a cut PNG must not look like evidence

@@ -31,8 +31,9 @@ class FrameSlot:
 
     END = object()
 
-    def __init__(self, keep_latest: bool) -> None:
+    def __init__(self, keep_latest: bool, wake: threading.Event | None = None) -> None:
         self.keep_latest = keep_latest
+        self.wake = wake  # set on every put and close: one event wakes a loop that serves several slots
         self._cond = threading.Condition()
         self._frame: Frame | None = None
         self._closed = False
@@ -52,7 +53,9 @@ class FrameSlot:
             self._frame = frame
             self.max_pending = max(self.max_pending, 1)
             self._cond.notify_all()
-            return True
+        if self.wake is not None:
+            self.wake.set()
+        return True
 
     def get(self, timeout: float) -> Frame | object | None:
         """The pending frame, FrameSlot.END once closed and empty, or None after `timeout` seconds."""
@@ -74,6 +77,8 @@ class FrameSlot:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        if self.wake is not None:
+            self.wake.set()
 
 
 @dataclass(frozen=True)
