@@ -84,6 +84,30 @@ def test_int8_quantizes_the_backbone_only(trained_runs, tmp_path):
     }
     assert "Conv" in quantized_inputs
     assert "MatMul" not in quantized_inputs and "ReduceMin" not in quantized_inputs
+    assert _activation_zero_point_types(graph) == {onnx.TensorProto.UINT8}  # U8S8: ORT's fast x86 path
+
+
+def _activation_zero_point_types(graph) -> set:
+    """Element types of the zero points of QuantizeLinear nodes (activations; weights are stored quantized)."""
+    initializers = {init.name: init for init in graph.initializer}
+    return {
+        initializers[node.input[2]].data_type
+        for node in graph.node
+        if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in initializers
+    }
+
+
+def test_int8_for_tensorrt_keeps_symmetric_signed_activations(trained_runs, tmp_path):
+    """TensorRT accepts only zero-point-0 int8 Q/DQ, so the trt target keeps S8S8 where ORT gets U8S8."""
+    import onnx
+    from onnx import numpy_helper
+
+    artifact = export_run(trained_runs["patchcore"], "trt", "int8", "baked", "1", out=tmp_path / "t")
+    graph = onnx.load(str(artifact / "model.onnx")).graph
+    assert _activation_zero_point_types(graph) == {onnx.TensorProto.INT8}
+    initializers = {init.name: init for init in graph.initializer}
+    zero_points = [n.input[2] for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert zero_points and all(not numpy_helper.to_array(initializers[z]).any() for z in zero_points)
 
 
 def test_int8_of_a_student_teacher_keeps_student_and_autoencoder_float(trained_runs, tmp_path):

@@ -147,7 +147,8 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
         facts.update(compress_fp16(onnx_path))
     if spec.name in ("onnx", "trt") and precision == "int8":
         echo("quantizing the backbone to INT8 (the distance part stays fp32)")
-        facts.update(quantize_backbone_int8(onnx_path, calibration, backbone_nodes, feeds))
+        signed = spec.name == "trt"  # TensorRT's Q/DQ must be symmetric int8; ORT on x86 runs U8S8 fastest
+        facts.update(quantize_backbone_int8(onnx_path, calibration, backbone_nodes, feeds, signed_activations=signed))
     if spec.name == "openvino":
         facts["openvino"] = _to_openvino(onnx_path, staging, precision, calibration, backbone_nodes, feeds, echo)
     if spec.name == "trt":

@@ -110,8 +110,18 @@ def compress_fp16(path: Path) -> dict:
     return {"fp16_weights": len(converted), "compute": "fp32 on CPU execution providers; fp16 on GPU/TensorRT"}
 
 
-def quantize_backbone_int8(path: Path, calibration: np.ndarray, backbone_nodes: list[str], extra_feeds: dict) -> dict:
-    """Static QDQ INT8 of the backbone only; the distance part stays fp32 (quantizing it collapses AUROC)."""
+def quantize_backbone_int8(
+    path: Path, calibration: np.ndarray, backbone_nodes: list[str], extra_feeds: dict, signed_activations: bool = False
+) -> dict:
+    """Static QDQ INT8 of the backbone only; the distance part stays fp32 (quantizing it collapses AUROC).
+
+    Activations are uint8 (asymmetric) and weights int8 (symmetric, per channel): U8S8 is the pair ONNX
+    Runtime's x86 kernels run on VNNI. The earlier S8S8 (int8 activations) made the Lite0 backbone at 384 px
+    1.8x *slower* than fp32 on this AVX-512 VNNI CPU (33.7 vs 18.7 ms, one thread), U8S8 makes it 0.68x
+    (12.8 ms), with the same embedding error against fp32 (mean relative 0.32 for both). The QOperator format
+    measured the same as QDQ (13.3 ms), so QDQ stays: it is what TensorRT and OpenVINO read too.
+    `signed_activations` keeps symmetric int8 activations for TensorRT, which accepts only zero-point 0.
+    """
     quantization = require("onnxruntime.quantization", "train")
     if len(calibration) == 0:
         raise ConfigError("INT8 export needs calibration images: the run's training set is empty or unreadable")
@@ -137,17 +147,17 @@ def quantize_backbone_int8(path: Path, calibration: np.ndarray, backbone_nodes: 
             str(path),
             Reader(),
             quant_format=quantization.QuantFormat.QDQ,
-            activation_type=quantization.QuantType.QInt8,
+            activation_type=quantization.QuantType.QInt8 if signed_activations else quantization.QuantType.QUInt8,
             weight_type=quantization.QuantType.QInt8,
             nodes_to_quantize=backbone_nodes,
             per_channel=True,
             calibrate_method=quantization.CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": signed_activations, "WeightSymmetric": True},
         )
     finally:
         source.unlink(missing_ok=True)
     return {
-        "int8": "static QDQ, backbone only",
+        "int8": f"static QDQ {'S8S8' if signed_activations else 'U8S8'} (int8 per-channel weights), backbone only",
         "calibration_images": len(calibration),
         "quantized_nodes": len(backbone_nodes),
     }
