@@ -9,7 +9,13 @@ import pytest
 from rich.console import Console
 
 from edgeiad.bench.page import html_report
-from edgeiad.bench.recommend import budget_for, recommendation_lines, recommendations
+from edgeiad.bench.recommend import (
+    budget_for,
+    precision_verdicts,
+    recommendation_lines,
+    recommendations,
+    verdict_lines,
+)
 from edgeiad.bench.report import compare_table, mark_pareto, ordered, print_table
 from edgeiad.bench.svg import _place_labels, boxes_svg, linear_ticks, log_ticks
 
@@ -48,6 +54,25 @@ def test_one_pick_per_budget_most_accurate_then_lightest(document):
     line = recommendation_lines(picks)[-1]
     assert line == "for ≤ 9.5 ms on this box: patchcore/openvino/fp32, AUROC 0.960, 300 MB RSS"
     assert budget_for(4.13) == 4.2 and budget_for(0.0131) == pytest.approx(0.014) and budget_for(20) == 20
+
+
+def test_bench_says_whether_a_reduced_precision_pays_against_fp32_of_the_same_case():
+    cases = [
+        _case("patchcore", "onnx", "fp32", 20.0, 0.960),
+        _case("patchcore", "onnx", "int8", 14.0, 0.958),  # faster, AUROC kept: pays
+        _case("padim", "openvino", "fp32", 10.0, 0.930),
+        _case("padim", "openvino", "int8", 11.0, 0.930),  # slower: does not pay
+        _case("padim", "onnx", "fp32", 10.0, 0.930),
+        _case("padim", "onnx", "int8", 6.0, 0.900),  # faster but loses 0.03 AUROC: does not pay
+        _case("efficientad", "onnx", "int8", 6.0, 0.900),  # no fp32 to compare with: no verdict
+    ]
+    verdicts = {(v["model"], v["target"]): v for v in precision_verdicts(cases)}
+    assert set(verdicts) == {("patchcore", "onnx"), ("padim", "openvino"), ("padim", "onnx")}
+    assert verdicts["patchcore", "onnx"]["pays"] and verdicts["patchcore", "onnx"]["latency_ratio"] == 0.7
+    assert not verdicts["padim", "openvino"]["pays"] and not verdicts["padim", "onnx"]["pays"]
+    lines = verdict_lines([verdicts["patchcore", "onnx"], verdicts["padim", "openvino"]])
+    assert lines[0] == "patchcore/onnx int8 vs fp32 (1 thread, batch 1): 0.70x latency, AUROC -0.002: pays"
+    assert lines[1].endswith("1.10x latency, AUROC +0.000: does not pay here: keep fp32")
 
 
 def test_a_slower_case_is_recommended_only_when_it_is_more_accurate(document):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from .recommend import describe, recommendation_lines, recommendations
+from .recommend import describe, precision_verdicts, recommendation_lines, recommendations, verdict_lines
 from .report import COLUMNS, _fmt, _plottable, flatten
 from .svg import bars_svg, boxes_svg, scatter_svg
 
@@ -63,6 +63,7 @@ def _picks(document: dict) -> str:
     for line in lines:
         budget, _, rest = line.partition(": ")
         items.append(f'<p class="pick">{html.escape(budget)}: <b>{html.escape(rest)}</b></p>')
+    items += [f"<p>{html.escape(line)}</p>" for line in verdict_lines(precision_verdicts(document["cases"]))]
     return "".join(items)
 
 

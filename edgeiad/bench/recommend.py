@@ -78,3 +78,64 @@ def recommendation_lines(picks: list[dict]) -> list[str]:
         budget = f"for ≤ {pick['budget_ms']:g} ms on this box"
         lines.append(f"{budget}: {pick['case']}, AUROC {pick['image_auroc']:.3f}, {rss}")
     return lines
+
+
+PAYS_RATIO = 0.95  # a reduced precision must be at least 5 % faster than fp32 ...
+PAYS_AUROC_DROP = 0.005  # ... and lose at most this much image AUROC, or fp32 stays the pick
+
+
+def precision_verdicts(records: list[dict]) -> list[dict]:
+    """Per case measured at fp32 and at a reduced precision (same model, target, stats, batch, threads): the
+    latency ratio, the AUROC drop, and whether the reduced precision pays on this box."""
+    by_case: dict[tuple, dict[str, dict]] = {}
+    for record in records:
+        if record.get("status") != "ok" or not record.get("per_image_ms") or "clients" in record:
+            continue
+        case = tuple(record.get(k) for k in ("model", "target", "stats", "batch", "threads"))
+        by_case.setdefault(case, {})[record["precision"]] = record
+    verdicts = []
+    for (model, target, stats, batch, threads), precisions in sorted(by_case.items(), key=str):
+        base = precisions.get("fp32")
+        for precision in ("fp16", "int8"):
+            other = precisions.get(precision)
+            if base is None or other is None:
+                continue
+            ratio = other["per_image_ms"] / base["per_image_ms"]
+            drop = _drop(base, other)
+            pays = ratio < PAYS_RATIO and (drop is None or drop <= PAYS_AUROC_DROP)
+            verdicts.append(
+                {
+                    "model": model,
+                    "target": target,
+                    "stats": stats,
+                    "threads": threads,
+                    "batch": batch,
+                    "precision": precision,
+                    "latency_ratio": ratio,
+                    "auroc_drop": drop,
+                    "pays": pays,
+                }
+            )
+    return verdicts
+
+
+def _drop(base: dict, other: dict) -> float | None:
+    first, second = (r.get("accuracy") or {} for r in (base, other))
+    if first.get("image_auroc") is None or second.get("image_auroc") is None:
+        return None
+    return first["image_auroc"] - second["image_auroc"]
+
+
+def verdict_lines(verdicts: list[dict]) -> list[str]:
+    """'model/target int8 vs fp32 (N threads): 0.71x latency, AUROC -0.001: pays' lines."""
+    lines = []
+    for v in verdicts:
+        drop = "AUROC –" if v["auroc_drop"] is None else f"AUROC {round(-v['auroc_drop'], 3) + 0.0:+.3f}"
+        threads = f"{v['threads']} thread{'s' if v['threads'] != 1 else ''}"
+        answer = "pays" if v["pays"] else "does not pay here: keep fp32"
+        sidecar = "/sidecar" if v.get("stats") == "sidecar" else ""
+        lines.append(
+            f"{v['model']}/{v['target']}{sidecar} {v['precision']} vs fp32 ({threads}, batch {v['batch']}): "
+            f"{v['latency_ratio']:.2f}x latency, {drop}: {answer}"
+        )
+    return lines

@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from .recommend import describe, recommendation_lines, recommendations
+from .recommend import describe, precision_verdicts, recommendation_lines, recommendations, verdict_lines
 
 COLUMNS = (
     "key", "model", "target", "precision", "stats", "batch", "threads", "clients", "dynamic_batching", "status",
@@ -75,6 +75,7 @@ def write_results(out: Path, document: dict) -> dict[str, Path]:
     mark_pareto(document["cases"])
     document["cases"] = ordered(document["cases"])
     document["recommendations"] = recommendations(document["cases"])
+    document["precision_verdicts"] = precision_verdicts(document["cases"])
     out = Path(out)
     paths = {"json": out / "results.json", "csv": out / "results.csv", "html": out / "report.html"}
     paths["json"].write_text(json.dumps(document, indent=2) + "\n")
@@ -116,6 +117,8 @@ def print_table(document: dict, console) -> None:
         return
     console.print(f"edgeiad bench on {document['environment']['cpu']['model']}", markup=False, highlight=False)
     for line in recommendation_lines(document.get("recommendations") or recommendations(document["cases"])):
+        console.print(line, markup=False, highlight=False)
+    for line in verdict_lines(precision_verdicts(document["cases"])):
         console.print(line, markup=False, highlight=False)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption="★ Pareto front · full table: results.csv")
     table.add_column("", width=1, no_wrap=True)

@@ -72,7 +72,9 @@ def bench(
         from ..bench.report import flatten
 
         rows = [flatten(record) for record in document["cases"]]
-        print(json.dumps({"recommendations": document["recommendations"], "cases": rows}, indent=2))
+        verdicts = document.get("precision_verdicts", [])
+        print(json.dumps({"recommendations": document["recommendations"], "precision_verdicts": verdicts,
+                          "cases": rows}, indent=2))  # fmt: skip
         return
     print_table(document, console)
     console.print(f"written: {paths['json']}, {paths['csv']}, {paths['html']}", markup=False)
