@@ -50,14 +50,14 @@ with Detector.load({artifact!r}, threads={threads}) as detector:
     timer = threading.Timer({seconds}, event.set)
     timer.start()
     summary = Watcher(detector, [Camera(i) for i in range({streams})], sink=Sink(), stop=event,
-                      color_order="RGB").run(install_signals=False)
-result = dict(streams={streams}, threads={threads}, fps=summary["fps"], frames=summary["frames"],
+                      color_order="RGB", max_batch={max_batch}).run(install_signals=False)
+result = dict(streams={streams}, threads={threads}, max_batch={max_batch}, fps=summary["fps"], frames=summary["frames"],
               mean_batch=summary.get("mean_batch", 1.0), latency_ms_p50=summary["latency_ms_p50"],
               latency_ms_p95=summary["latency_ms_p95"], dropped=summary["dropped"])
 """
 
 
-def streams_case(artifact, data: str, streams: int, seconds: float, threads: int, tmp_path) -> dict:
+def streams_case(artifact, data: str, streams: int, seconds: float, threads: int, tmp_path, max_batch=None) -> dict:
     from edgeiad.bench.runner import bench_frames
     from edgeiad.data import load_dataset
 
@@ -65,7 +65,7 @@ def streams_case(artifact, data: str, streams: int, seconds: float, threads: int
     if not frames.is_file():
         np.savez(frames, **{f"f{i:02d}": f for i, f in enumerate(bench_frames(load_dataset(data), 8))})
     code = STREAMS_CODE.format(frames=str(frames), artifact=str(artifact), streams=streams, seconds=seconds,
-                               threads=threads)  # fmt: skip
+                               threads=threads, max_batch=max_batch)  # fmt: skip
     return run_isolated(code, timeout=int(seconds) + 300)
 
 
@@ -96,14 +96,18 @@ def test_streams_full(benchmark, tmp_path):
     threads = int(os.environ.get("EDGEIAD_BENCH_THREADS", "2"))
 
     def sweep() -> list[dict]:
-        return [streams_case(artifact, data, n, 15.0, threads, tmp_path) for n in (1, 2, 4, 8)]
+        rows = []
+        for count in (1, 2, 4, 8):  # batched (one call per round) and round-robin (one frame per call)
+            rows += [streams_case(artifact, data, count, 15.0, threads, tmp_path, m) for m in (None, 1)[:count]]
+        return rows
 
     rows = benchmark.pedantic(sweep, rounds=1, iterations=1)
     benchmark.extra_info["streams"] = rows
     base = rows[0]["fps"]
     for row in rows:
+        mode = "one frame per call" if row["max_batch"] == 1 and row["streams"] > 1 else "batched"
         print(
-            f"\n{row['streams']} streams, {threads} threads: {row['fps']:.1f} frames/s ({row['fps'] / base:.2f}x one"
-            f" stream), mean batch {row['mean_batch']:.2f}, latency p50 {row['latency_ms_p50']:.1f} ms"
+            f"\n{row['streams']} streams {mode}, {threads} threads: {row['fps']:.1f} frames/s ({row['fps'] / base:.2f}x"
+            f" one stream), mean batch {row['mean_batch']:.2f}, latency p50 {row['latency_ms_p50']:.1f} ms"
             f" p95 {row['latency_ms_p95']:.1f} ms"
         )

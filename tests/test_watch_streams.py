@@ -209,3 +209,42 @@ def test_several_sources_refuse_bad_options(artifact, lines, capsys):
     assert_one_line_error(code, err, "the same --source is given twice")
     code, _, err = run_cli(["watch", artifact, "--source", lines["a"], "--batch-wait-ms", "-1"], capsys)
     assert_one_line_error(code, err, "--batch-wait-ms is -1")
+
+
+def test_max_batch_one_scores_the_cameras_round_robin():
+    good = [np.full((16, 16, 3), v, np.uint8) for v in (10, 20, 30, 40)]
+    sources = [_Frames(f"cam-{i}", good) for i in range(3)]
+    stream, detector = _Lines(), _BatchDetector()
+    watcher = Watcher(detector, sources, sink=JsonlSink(stream=stream), batch_wait_ms=500, max_batch=1)
+    summary = watcher.run(install_signals=False)
+    assert set(detector.calls) == {1} and summary["frames"] == 12 and summary["mean_batch"] == 1.0
+    for number in range(3):
+        mine = [r["raw_score"] for r in stream.records if "event" not in r and r["stream"] == number]
+        assert mine == [10.0, 20.0, 30.0, 40.0]
+    # with every camera's slot full, the rounds take them in turn: none waits behind the others twice
+    from edgeiad.watch import Frame
+
+    rounds = Watcher(detector, [_Frames(f"c{i}", []) for i in range(3)], sink=JsonlSink(stream=_Lines()), max_batch=1)
+    never = threading.Event()
+    order = []
+    for _ in range(6):
+        for stream_ in rounds.streams:
+            if not stream_.slot.pending:
+                stream_.slot.put(Frame(0, good[0], 0.0, time.perf_counter()), never)
+        order += [s.number for s, _ in rounds._gather()]
+    assert order == [0, 1, 2, 0, 1, 2]
+
+
+def test_max_batch_caps_the_call_size_and_rotates_the_start():
+    good = [np.full((16, 16, 3), v, np.uint8) for v in (10, 20, 30)]
+    sources = [_Frames(f"cam-{i}", good) for i in range(3)]
+    stream, detector = _Lines(), _BatchDetector()
+    Watcher(detector, sources, sink=JsonlSink(stream=stream), batch_wait_ms=500, max_batch=2).run(install_signals=False)
+    assert max(detector.calls) == 2 and sum(detector.calls) == 9
+    counts = [sum(1 for r in stream.records if r.get("stream") == i and "event" not in r) for i in range(3)]
+    assert counts == [3, 3, 3]
+
+
+def test_max_batch_must_be_positive(artifact, lines, capsys):
+    code, _, err = run_cli(["watch", artifact, "--source", lines["a"], "--max-batch", "0"], capsys)
+    assert_one_line_error(code, err, "--max-batch is 0")

@@ -57,6 +57,12 @@ def watch(
     batch_wait_ms: float = typer.Option(
         10.0, "--batch-wait-ms", help="several sources: the longest a frame waits for the other sources' frames"
     ),
+    max_batch: int = typer.Option(
+        None,
+        "--max-batch",
+        help="several sources: frames per call [default: one per source]; 1 scores them round-robin, which keeps "
+        "per-frame latency lowest where batching adds no throughput (PatchCore on a CPU)",
+    ),
 ) -> None:
     """Score every frame of a live source (newest frame first, reconnecting) or a file/folder (every frame).
 
@@ -86,6 +92,7 @@ def watch(
         server=server,
         model=model,
         batch_wait_ms=batch_wait_ms,
+        max_batch=max_batch,
     )
     if "output_error" in summary:
         raise OutputError(summary["output_error"])

@@ -61,6 +61,15 @@ def check_batch_wait(milliseconds: float) -> float:
     return float(milliseconds)
 
 
+def check_max_batch(max_batch: int | None, sources: int) -> int:
+    """Frames per scoring call: 1 .. the number of sources (None: all of them)."""
+    if max_batch is None:
+        return sources
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise ConfigError(f"--max-batch is {max_batch!r}: pass 1 (one frame per call) or more")
+    return min(max_batch, sources)
+
+
 class _Stream:
     """One source of a Watcher with its own slot, reader thread, stall flag and counts."""
 
@@ -100,6 +109,7 @@ class Watcher:
         join_timeout: float = JOIN_TIMEOUT_S,
         stall_timeout: float = STALL_TIMEOUT_S,
         batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+        max_batch: int | None = None,
     ) -> None:
         self.color_order = check_color_order(color_order)
         if max_frames is not None and max_frames < 1:
@@ -120,6 +130,8 @@ class Watcher:
         self._wake = threading.Event()
         self.streams = [_Stream(i, s, s.live or realtime, self._wake) for i, s in enumerate(sources)]
         self.multi = len(self.streams) > 1
+        self.max_batch = check_max_batch(max_batch, len(self.streams))
+        self._next = 0  # round-robin start: with max_batch below the source count no camera is always last
         self.source, self.slot = self.streams[0].source, self.streams[0].slot  # the one source of a single watch
         self.stopped_by: str | None = None
         self.output_error: str | None = None
@@ -222,14 +234,18 @@ class Watcher:
         self.stopped_by = self.stopped_by or "stop"
 
     def _gather(self) -> list[tuple[_Stream, Frame]] | None:
-        """One frame from each source that has one (waiting up to the batch budget for the rest), [] when none
-        came within 0.1 s, None once every source has ended."""
+        """One frame from each source that has one, at most max_batch, starting after the source scored last
+        (waiting up to the batch budget for the rest); [] when none came within 0.1 s, None once all ended."""
         batch: list[tuple[_Stream, Frame]] = []
         deadline = None
+        count = len(self.streams)
         while True:
             self._wake.clear()  # cleared before looking: a frame put after this wakes the wait below
             taken = {stream.number for stream, _ in batch}
-            for stream in self.streams:
+            for offset in range(count):
+                stream = self.streams[(self._next + offset) % count]
+                if len(batch) >= self.max_batch:
+                    break
                 if stream.ended or stream.number in taken:
                     continue
                 item = stream.slot.get(0)
@@ -238,21 +254,29 @@ class Watcher:
                 elif item is not None:
                     stream.stalled = False
                     batch.append((stream, item))
-            waiting = [s for s in self.streams if not s.ended and s.number not in {b[0].number for b in batch}]
-            if not batch and len(waiting) == 0:
+            taken = {stream.number for stream, _ in batch}
+            waiting = [s for s in self.streams if not s.ended and s.number not in taken]
+            if not batch and not waiting:
                 return None
-            if batch and (not waiting or self.max_frames is not None and self._room() <= len(batch)):
-                return self._trim(batch)
+            full = len(batch) >= self.max_batch or not waiting
+            if batch and (full or self.max_frames is not None and self._room() <= len(batch)):
+                return self._taken(batch)
             now = perf_counter()
             if batch and deadline is None:
                 deadline = now + self.batch_wait
             timeout = 0.1 if not batch else deadline - now
             if batch and timeout <= 0:
-                return self._trim(batch)
+                return self._taken(batch)
             if not self._wake.wait(timeout) and not batch:
                 return []
             if self.stop.is_set():
-                return self._trim(batch) if batch else []
+                return self._taken(batch) if batch else []
+
+    def _taken(self, batch: list) -> list:
+        """The round's frames (trimmed to --max-frames); the next round starts after the last source taken."""
+        batch = self._trim(batch)
+        self._next = (batch[-1][0].number + 1) % len(self.streams)
+        return batch
 
     def _room(self) -> int:
         return self.max_frames - self.counts["frames"]
@@ -455,6 +479,7 @@ def watch(
     server: str | None = None,
     model: str | None = None,
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+    max_batch: int | None = None,
 ) -> dict:
     """Load `artifact` (or with `server`, its model on that Triton server), score `source`; return the summary.
 
@@ -466,6 +491,7 @@ def watch(
     if max_frames is not None and max_frames < 1:
         raise ConfigError(f"--max-frames is {max_frames}: pass 1 or more, or leave it out to run until stopped")
     check_batch_wait(batch_wait_ms)
+    check_max_batch(max_batch, 1)
     specs = [source] if isinstance(source, (str, Path, FrameSource)) else list(source)
     if not specs:
         raise ConfigError("no --source given: pass at least one camera index, stream URL, video file or folder")
@@ -504,6 +530,7 @@ def watch(
             stop=stop,
             stall_timeout=stall_timeout,
             batch_wait_ms=batch_wait_ms,
+            max_batch=max_batch,
         ).run(install_signals=install_signals, restore_signals=restore_signals)
     finally:
         if sink is not None:
