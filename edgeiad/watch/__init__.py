@@ -7,6 +7,9 @@ Two threads share one frame slot:
 - the reader thread grabs frames from the source and hands each one to the slot;
 - the inference loop (the calling thread) takes the frame in the slot, scores it and writes a JSON line.
 
+With several sources (`--source` repeated) each has its own reader thread and slot; the loop takes the newest
+frame of each in one batched call per round (see Watcher).
+
 Live sources (camera index, rtsp:// / http:// URLs) use latest-frame semantics: the slot holds only the
 newest frame, a frame the loop did not take in time is replaced and counted as dropped, and no backlog
 ever builds up. Finite sources (video files, folders of images) are processed fully by default: the
@@ -86,8 +89,10 @@ class Watcher:
     """Runs a detector over one FrameSource, or several, until they end, `max_frames` are scored, or `stop` is set.
 
     With several sources (cameras on one appliance) each has its own reader thread and one-frame slot, and the
-    loop scores the newest frame of every source that has one in a single batched call (`predict_batch`): per
-    frame cost falls with the batch, and no camera waits behind another's backlog. After the first frame of a
+    loop scores the newest frame of every source that has one in a single batched call (`predict_batch`), at most
+    `max_batch` frames, starting after the source scored last (so at 1 the sources take turns). Batching lowers
+    the cost per frame only where a call has fixed costs (PaDiM on a CPU, GPUs); see docs/speed.md. No camera
+    waits behind another's backlog: each slot holds only its newest frame. After the first frame of a
     round arrives, the loop waits at most `batch_wait_ms` for the other sources' frames (the latency budget a
     frame may spend waiting for company); a source that has nothing by then is left for the next round. Lines
     carry `stream` (the source's position, from 0) and `source`; the summary adds one entry per stream. A
@@ -213,6 +218,8 @@ class Watcher:
                     self._restore_signals(previous)
         for stream in self.streams:  # a finite source that cannot open is an error, not a quiet end
             reader = stream.reader
+            if reader is None:
+                continue
             if reader.open_error is not None and not stream.source.live and stream.counts["frames"] == 0:
                 raise reader.open_error
         return self.summary
