@@ -164,13 +164,13 @@ class _Lines:
 
 
 class FastCamera(FrameSource):
-    """A live source producing `total` frames 1 ms apart, then nothing (read fails, reopen works)."""
+    """A live source producing `total` frames `interval` s apart, then nothing (read fails, reopen works)."""
 
     live = True
     name = "fast-camera"
 
-    def __init__(self, total: int = 200) -> None:
-        self.total, self.produced = total, 0
+    def __init__(self, total: int = 200, name: str = "fast-camera", interval: float = 0.001) -> None:
+        self.total, self.produced, self.name, self.interval = total, 0, name, interval
         self.done = threading.Event()
 
     def open(self) -> bool:
@@ -181,7 +181,7 @@ class FastCamera(FrameSource):
             self.done.set()
             time.sleep(0.005)
             return False, None
-        time.sleep(0.001)
+        time.sleep(self.interval)
         self.produced += 1
         return True, np.full((8, 8, 3), self.produced % 256, dtype=np.uint8)
 

@@ -15,7 +15,7 @@ from edgeiad.watch import Backoff, FrameSource, JsonlSink, Watcher
 
 from .conftest import textured, with_defect
 from .test_cli import assert_one_line_error, run_cli
-from .test_watch import _Lines, _lines
+from .test_watch import FastCamera, _Lines, _lines
 
 
 @pytest.fixture(scope="module")
@@ -148,28 +148,6 @@ def test_a_bad_frame_in_a_batch_fails_alone():
     assert max(detector.calls) == 2  # batched rounds, and the failed round re-scored frame by frame
 
 
-class _Camera(FrameSource):
-    """A live camera at ~200 fps whose frames carry their own number; stops after `total` frames."""
-
-    live = True
-
-    def __init__(self, name: str, total: int) -> None:
-        self.name, self.total, self.produced = name, total, 0
-        self.done = threading.Event()
-
-    def open(self) -> bool:
-        return True
-
-    def read(self):
-        if self.produced >= self.total:
-            self.done.set()
-            time.sleep(0.005)
-            return False, None
-        time.sleep(0.005)
-        self.produced += 1
-        return True, np.full((8, 8, 3), self.produced % 256, np.uint8)
-
-
 class _SlowBatchDetector(_BatchDetector):
     """20 ms per call whatever the batch: what batching buys on a box whose calls have a fixed cost."""
 
@@ -183,7 +161,7 @@ class _SlowBatchDetector(_BatchDetector):
 
 
 def test_live_cameras_share_calls_and_keep_their_newest_frame():
-    cameras = [_Camera(f"cam{i}", 60) for i in range(3)]
+    cameras = [FastCamera(60, name=f"cam{i}", interval=0.005) for i in range(3)]  # ~200 fps each
     stop, stream, detector = threading.Event(), _Lines(), _SlowBatchDetector()
     watcher = Watcher(detector, cameras, sink=JsonlSink(stream=stream), stop=stop, backoff=Backoff(0.01, 0.01))
 
