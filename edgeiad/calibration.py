@@ -12,7 +12,7 @@ from pathlib import Path
 from .data import load_dataset
 from .engine import score_samples, score_with
 from .errors import ArtifactError, ConfigError
-from .runs import check_run, load_model, read_json, run_data_spec, write_json
+from .runs import check_run, load_model, read_json, run_dataset, write_json
 from .thresholding import study_dataset, write_reports
 
 
@@ -27,7 +27,7 @@ def threshold_run(run: Path, options: dict, data: str | None = None, device: str
 
     run = check_run(run)
     record, model = load_model(run)
-    dataset = load_dataset(data or run_data_spec(record))
+    dataset = run_dataset(record, data)
     device = resolve_device(device)
     preprocessing = model.config.preprocessing()
     desc = "scoring test images" if progress else None
@@ -47,7 +47,7 @@ def threshold_artifact(folder: Path, options: dict, data: str | None = None, pro
     from edgeiad_runtime.manifest import load_manifest, preprocessing_of
 
     manifest = load_manifest(folder)
-    dataset = load_dataset(data or _artifact_data(manifest))
+    dataset = _artifact_dataset(manifest, data)
     if not dataset.test and options.get("val_anomalous") != 0:
         raise ConfigError(f"dataset {dataset.name} has no test images: pass --data with a labelled test/ folder")
     backend = "onnxruntime" if manifest["target"] == "trt" else "auto"
@@ -64,14 +64,14 @@ def threshold_artifact(folder: Path, options: dict, data: str | None = None, pro
     return result
 
 
-def _artifact_data(manifest: dict) -> str:
+def _artifact_dataset(manifest: dict, data: str | None):
     """The dataset the artifact's run was trained on, read from the run's config (for its test split)."""
     run = (manifest.get("export") or {}).get("run")
     if run and (Path(run) / "config.json").is_file():
-        return run_data_spec(read_json(Path(run) / "config.json"))
+        return run_dataset(read_json(Path(run) / "config.json"), data)
     name = (manifest.get("data") or {}).get("name")
-    if name and name.startswith("elpv"):
-        return name
+    if data or (name and name.startswith("elpv")):
+        return load_dataset(data or name)
     raise ConfigError("the artifact's training run is not on this machine: pass --data with the labelled dataset")
 
 

@@ -10,11 +10,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .data import Dataset, check_min_images, iter_batches, load_dataset, load_mask, load_rgb, read_batches
+from .data import (
+    Dataset,
+    check_min_images,
+    iter_batches,
+    load_dataset,
+    load_mask,
+    load_rgb,
+    read_batches,
+    take_labelled_defects,
+)
 from .errors import ConfigError, DataError, require_torch
-from .models import get_model
+from .models import MODELS, get_model
 from .progress import progress_callback
-from .runs import StagingDir, load_model, new_run_dir, read_json, run_data_spec, save_model, versions, write_json
+from .runs import StagingDir, load_model, new_run_dir, read_json, run_dataset, save_model, versions, write_json
 
 OVERLAYS_PER_GROUP = 3
 
@@ -228,18 +237,29 @@ def train(
     progress: bool = True,
     echo=None,
     threshold_options: dict | None = None,
+    labelled_defects: int = 0,
 ) -> Path:
-    """Fit `model_name` on the good images of `data` (a spec or a loaded Dataset), evaluate, write a run folder."""
+    """Fit `model_name` on the good images of `data` (a spec or a loaded Dataset), evaluate, write a run folder.
+
+    `labelled_defects` moves that many anomalous test images per defect type into the training set of a
+    supervised model (seeded by the config's seed), before the threshold validation split is drawn.
+    """
     from .models._fitting import resolve_device
 
     spec = get_model(model_name)
     config = spec.make_config(**(overrides or {}))
     device = resolve_device(device)
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    if labelled_defects and not spec.supervised:
+        supervised = ", ".join(name for name, s in MODELS.items() if s.supervised)
+        raise ConfigError(f"--labelled-defects trains supervised models ({supervised}), not {spec.name}")
+    dataset = take_labelled_defects(dataset, labelled_defects, config.seed)
     check_min_images(dataset, spec.min_train_images, spec.name)
     target = new_run_dir(Path(out) if out else None, spec.name, dataset.name)
     log = RunLog(echo)
     log(f"training {spec.name} on {dataset.name}: {len(dataset.train)} good images, device {device}")
+    if spec.supervised:
+        log(_labelled_line(dataset))
     model, fit_info = fit_model(config, dataset, device, progress)
     log(f"fit done in {fit_info['fit_s']:.1f} s: {fit_info}")
     with StagingDir(target) as staging:
@@ -250,6 +270,17 @@ def train(
         write_json(staging / "thresholds.json", results["thresholds"])
         (staging / "train.log").write_text("\n".join(log.lines) + "\n")
     return target
+
+
+def _labelled_line(dataset: Dataset) -> str:
+    if not dataset.train_anomalous:
+        return (
+            "no labelled defective images (train/<defect>/ folders or --labelled-defects N): the second stage "
+            "trains on synthetic disturbances of good images instead (seed 003, Appendix A.2)"
+        )
+    found = dataset.labelled_summary()["train_anomalous_types"]
+    kinds = ", ".join(f"{count} {kind}" for kind, count in found.items())
+    return f"labelled defective training images: {kinds} (never scored; listed in config.json)"
 
 
 def fit_model(config, dataset: Dataset, device: str = "cpu", progress: bool = False):
@@ -264,8 +295,12 @@ def fit_model(config, dataset: Dataset, device: str = "cpu", progress: bool = Fa
     started = time.perf_counter()
     desc = "embedding train images" if progress else None
     batches = iter_batches(dataset.train, config.preprocessing(), progress=desc)
+    extra = {}
+    if spec.supervised:
+        labelled = dataset.train_anomalous
+        extra["anomalous"] = iter_batches(labelled, config.preprocessing()) if labelled else None
     with progress_callback(spec.fit_label, progress) as callback:
-        model, fit_info = spec.fit()(config, batches, device=device, progress=callback)
+        model, fit_info = spec.fit()(config, batches, device=device, progress=callback, **extra)
     fit_info["fit_s"] = round(time.perf_counter() - started, 3)
     return model, fit_info
 
@@ -347,7 +382,7 @@ def evaluate_run(
         raise ConfigError(f"pixel evaluation {pixel_eval!r} is unknown: use one of {', '.join(PIXEL_EVAL_MODES)}")
     record, model = load_model(Path(run))
     device = resolve_device(device)
-    dataset = load_dataset(data if data is not None else run_data_spec(record))
+    dataset = run_dataset(record, data)
     if not dataset.test:
         raise DataError(f"dataset {dataset.name} has no test images: evaluate needs an MVTec-layout test/ folder")
     config = model.config

@@ -213,6 +213,15 @@ def run_data_spec(record: dict) -> str:
     return data.get("root") or data.get("name")
 
 
+def run_dataset(record: dict, data: str | None = None):
+    """The dataset a run was fitted on (or `data`), with its labelled training defects out of the test set again,
+    so export, evaluate and threshold never score an image a supervised model trained on."""
+    from .data import load_dataset, without_labelled
+
+    dataset = load_dataset(data or run_data_spec(record))
+    return without_labelled(dataset, record.get("data", {}).get("train_anomalous_paths"))
+
+
 def check_run(run: Path) -> Path:
     """Fail with one line unless `run` is a complete run folder."""
     run = Path(run)
@@ -224,6 +233,11 @@ def check_run(run: Path) -> Path:
     return run
 
 
+def is_backbone_weight(name: str) -> bool:
+    """State-dict keys of a packaged backbone (the model's own, or a wrapped base detector's): never saved."""
+    return name.startswith("feature_extractor.") or ".feature_extractor." in name
+
+
 def save_model(model, folder: Path) -> None:
     """Save everything but the packaged backbone: the statistics / learned weights the fit produced."""
     from safetensors.torch import save_file
@@ -231,7 +245,7 @@ def save_model(model, folder: Path) -> None:
     state = {
         name: tensor.detach().cpu().contiguous()
         for name, tensor in model.state_dict().items()
-        if not name.startswith("feature_extractor.")
+        if not is_backbone_weight(name)
     }
     save_file(state, str(folder / "weights.safetensors"), metadata={"model": model.config.model})
 
@@ -254,7 +268,7 @@ def load_model(run: Path):
         state = load_file(str(run / "weights.safetensors"))
     except (SafetensorError, OSError) as exc:
         raise ArtifactError(f"{run / 'weights.safetensors'} is corrupt ({exc}): re-run edgeiad train") from None
-    expected = {k for k in model.state_dict() if not k.startswith("feature_extractor.")}
+    expected = {k for k in model.state_dict() if not is_backbone_weight(k)}
     if set(state) != expected:
         raise ArtifactError(
             f"{run / 'weights.safetensors'} holds {sorted(state)} but {spec.name} expects {sorted(expected)}: "

@@ -8,7 +8,18 @@ from edgeiad.errors import DataNotFoundError
 
 from .elpv import BUILTIN, is_builtin_name, load_elpv
 from .folders import list_images, load_folder
-from .loader import Batch, Dataset, Sample, check_min_images, iter_batches, load_mask, load_rgb, read_batches
+from .loader import (
+    Batch,
+    Dataset,
+    Sample,
+    check_min_images,
+    iter_batches,
+    load_mask,
+    load_rgb,
+    read_batches,
+    take_labelled_defects,
+    without_labelled,
+)
 
 __all__ = [
     "BUILTIN",
@@ -22,6 +33,8 @@ __all__ = [
     "load_mask",
     "load_rgb",
     "read_batches",
+    "take_labelled_defects",
+    "without_labelled",
 ]
 
 

@@ -60,6 +60,13 @@ def _load_mvtec(root: Path) -> Dataset:
     if not images:
         raise DataError(f"no training images in {good_dir}: put good images there")
     train = [Sample(path=str(path), label=0, defect_type=GOOD) for path in images]
+    # train/<defect>/: labelled defective images for supervised models (segad); no masks needed.
+    labelled = [
+        Sample(path=str(path), label=1, defect_type=folder.name)
+        for folder in _subfolders(root / "train")
+        if folder.name != GOOD
+        for path in list_images(folder)
+    ]
     truth_dir = root / "ground_truth"
     has_masks = truth_dir.is_dir()
     test: list[Sample] = []
@@ -68,7 +75,9 @@ def _load_mvtec(root: Path) -> Dataset:
         for type_dir in _subfolders(test_dir):
             test.extend(_load_test_type(type_dir, truth_dir if has_masks else None))
     test.sort(key=lambda sample: sample.path)
-    return Dataset(name=root.name, root=str(root), train=train, test=test, has_masks=has_masks)
+    return Dataset(
+        name=root.name, root=str(root), train=train, test=test, has_masks=has_masks, train_anomalous=labelled
+    )
 
 
 def _load_test_type(type_dir: Path, truth_dir: Path | None) -> list[Sample]:

@@ -27,18 +27,23 @@ class Sample:
 
 @dataclass
 class Dataset:
-    """A training set of good images plus an optional labelled test set."""
+    """A training set of good images, optional labelled defective training images, an optional labelled test set.
+
+    `train_anomalous` holds defective images a supervised model (segad) trains on: `train/<defect>/` folders of
+    an MVTec-layout dataset, or test images moved there by `take_labelled_defects` (never scored afterwards).
+    """
 
     name: str
     root: str | None
     train: list[Sample]
     test: list[Sample]
     has_masks: bool
+    train_anomalous: list[Sample] = field(default_factory=list)
 
     def fingerprint(self) -> str:
         """Return a sha256 hex digest over the training samples' identities, stable across runs."""
         digest = hashlib.sha256()
-        for sample in self.train:
+        for sample in [*self.train, *self.train_anomalous]:
             digest.update(sample.path.encode("utf-8"))
             digest.update(b"\0")
             if sample.image is not None:
@@ -62,7 +67,72 @@ class Dataset:
             "defect_types": sorted({s.defect_type for s in self.test if s.label != 0}),
             "has_masks": self.has_masks,
             "fingerprint": self.fingerprint(),
+            **(self.labelled_summary() if self.train_anomalous else {}),
         }
+
+    def labelled_summary(self) -> dict:
+        """How many labelled defective training images of each type, and which files (reported, never scored)."""
+        counts: dict[str, int] = {}
+        for sample in self.train_anomalous:
+            counts[sample.defect_type] = counts.get(sample.defect_type, 0) + 1
+        return {
+            "n_train_anomalous": len(self.train_anomalous),
+            "train_anomalous_types": dict(sorted(counts.items())),
+            "train_anomalous_paths": [sample.path for sample in self.train_anomalous],
+        }
+
+
+def without_labelled(dataset: Dataset, paths) -> Dataset:
+    """`dataset` with the test images at `paths` (a run's labelled defects) moved to train_anomalous again."""
+    wanted = set(paths or ())
+    known = {s.path for s in dataset.train_anomalous}
+    moved = [s for s in dataset.test if s.path in wanted and s.path not in known]
+    if not moved:
+        return dataset
+    return Dataset(
+        name=dataset.name,
+        root=dataset.root,
+        train=dataset.train,
+        test=[s for s in dataset.test if s.path not in wanted],
+        has_masks=dataset.has_masks,
+        train_anomalous=[*dataset.train_anomalous, *moved],
+    )
+
+
+def take_labelled_defects(dataset: Dataset, per_type: int, seed: int = 0, types=None) -> Dataset:
+    """A copy of `dataset` with `per_type` anomalous test images of each defect type moved into train_anomalous.
+
+    Seeded; a type never gives more than half its test images, so every type stays in the test set. `types`
+    limits which defect types give images (the unseen-type experiment holds the others out). Moved images are
+    gone from `test`, so thresholds, metrics and parity never see them.
+    """
+    if per_type < 0:
+        raise ConfigError(f"--labelled-defects {per_type} is invalid: use 0 or a positive count per defect type")
+    if per_type == 0:
+        return dataset
+    rng = np.random.default_rng(seed)
+    anomalous = [i for i, s in enumerate(dataset.test) if s.label != 0]
+    if not anomalous:
+        raise DataError(
+            f"--labelled-defects {per_type}: dataset {dataset.name} has no anomalous test images to take; add "
+            "train/<defect>/ folders of labelled defective images instead"
+        )
+    chosen: set[int] = set()
+    for defect in sorted({dataset.test[i].defect_type for i in anomalous}):
+        if types is not None and defect not in types:
+            continue
+        members = [i for i in anomalous if dataset.test[i].defect_type == defect]
+        take = min(per_type, len(members) // 2)
+        chosen.update(rng.choice(members, size=take, replace=False).tolist() if take else [])
+    moved = [dataset.test[i] for i in sorted(chosen)]
+    return Dataset(
+        name=dataset.name,
+        root=dataset.root,
+        train=dataset.train,
+        test=[s for i, s in enumerate(dataset.test) if i not in chosen],
+        has_masks=dataset.has_masks,
+        train_anomalous=[*dataset.train_anomalous, *moved],
+    )
 
 
 def check_min_images(dataset: Dataset, n_required: int, model: str) -> None:

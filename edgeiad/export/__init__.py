@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, DataError
-from ..runs import StagingDir, load_model, run_data_spec, run_thresholds, versions
+from ..runs import StagingDir, load_model, run_dataset, run_thresholds, versions
 from .targets import TARGETS, Target, check_combination, get_target
 
 if TYPE_CHECKING:  # numpy and the data loaders load with the first export, not with `edgeiad --help`
@@ -69,9 +69,7 @@ def export_run(
         )
     out = Path(out) if out else Path("artifacts") / f"{model.config.model}-{spec.name}-{precision}-{stats}"
     _check_out(out, force)
-    from ..data import load_dataset
-
-    dataset = load_dataset(data or run_data_spec(record))
+    dataset = run_dataset(record, data)
     started = time.perf_counter()
     with StagingDir(out) as staging:  # swapped in atomically: --force never leaves `out` missing
         facts = _write_model_files(staging, spec, model, precision, stats, stats_dtype, batch_info, dataset, echo)

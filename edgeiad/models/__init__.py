@@ -24,6 +24,8 @@ class ModelSpec:
     pixel_maps: bool = True
     stats_modes: tuple[str, ...] = ("baked", "sidecar")  # learned models have no statistics to keep aside
     fit_label: str = "fitting"  # the progress bar's label while `fit` runs
+    # Also trains on labelled defective images (`fit(..., anomalous=batches)`): the dataset's train_anomalous.
+    supervised: bool = False
 
     def _attr(self, submodule: str, name: str):
         return getattr(importlib.import_module(f"edgeiad.models.{self.module}.{submodule}"), name)
@@ -183,5 +185,21 @@ register_model(
         min_train_images=4,
         stats_modes=("baked",),
         fit_label="training student and autoencoder (epochs)",
+    )
+)
+register_model(
+    ModelSpec(
+        name="segad",
+        summary="per-segment statistics (99.5 % quantile, skew, kurtosis, mean) of base detectors' maps scored by "
+        "a boosted random forest trained on good and a few labelled (or synthetic) defective images",
+        paper="Baitieva et al., Supervised Anomaly Detection for Complex Industrial Images (SegAD), CVPR 2024",
+        module="segad",
+        config_class="SegadConfig",
+        model_class="SegadModel",
+        fit_function="fit_segad",
+        min_train_images=4,
+        stats_modes=("baked",),
+        fit_label="fitting base detectors and trees",
+        supervised=True,
     )
 )

@@ -1,0 +1,225 @@
+"""SegAD (seed 003): per-segment statistics of base detectors' anomaly maps, scored by a boosted random forest.
+
+image → each base detector's anomaly map → pooled to a stride-`pool` grid → for every base map and segment: the
+`quantile` (99.5 %) value, skewness, kurtosis and mean (the paper's q, z, c, m: K·L·4 features) → the trees'
+margin, the image score. The segmentation is static (one region, a grid, a user's label image: parts that are
+aligned, as in the paper's VAD) or k-means of early backbone features of good images, assigned per patch at
+inference. Everything, trees included, is plain tensor ops (TopK, Gather, Less), so one ONNX graph carries the
+whole model to every target: no ONNX-ML operators, no xgboost or numpy stage beside the runtime.
+
+The anomaly map is the first base detector's map, unchanged: SegAD only re-scores the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...errors import ConfigError, require_torch
+from ..config import FeatureBankConfig
+
+torch = require_torch()
+nn = torch.nn
+F = torch.nn.functional
+
+SEGMENTATIONS = ("single", "grid", "labels", "kmeans")
+STATISTICS = ("quantile", "skew", "kurtosis", "mean")
+EMPTY = -1e30  # the value masked-out pixels take before TopK (finite: TensorRT and OpenVINO dislike inf inputs)
+
+
+@dataclass
+class SegadConfig(FeatureBankConfig):
+    """Base detectors, segmentation, statistics and the paper's Boosted Random Forest settings (Appendix A.1)."""
+
+    model: str = "segad"
+    bases: tuple[str, ...] = ("patchcore",)
+    segmentation: str = "kmeans"
+    segments: int = 4  # k-means clusters; set by the fit for the static kinds (grid cells, label values)
+    grid: tuple[int, int] = (2, 2)
+    label_map: str = ""  # a PNG whose distinct gray values are the segments (segmentation="labels")
+    pool: int = 4  # statistics on the base maps average-pooled to this stride (the maps are smooth already)
+    quantile: float = 0.995
+    base_share: float = 0.5  # good training images that fit the base detectors; the rest fit the trees
+    rounds: int = 10
+    parallel_trees: int = 200
+    max_depth: int = 5
+    learning_rate: float = 0.3
+    subsample: float = 0.6
+    colsample: float = 0.6  # by tree and by node, as the paper
+    l1: float = 1.0
+    synthetic_per_image: int = 2  # disturbed copies per stage-two good image when no labelled defects are given
+    base_configs: list = field(default_factory=list)  # each base's full config, written by the fit
+
+    def validate(self) -> None:
+        super().validate()
+        from .. import MODELS
+
+        if not self.bases:
+            raise ConfigError("segad needs at least one base detector, e.g. bases=('patchcore',)")
+        for name in self.bases:
+            if name not in MODELS or name == "segad":
+                choices = ", ".join(n for n in MODELS if n != "segad")
+                raise ConfigError(f"segad base {name!r} is not a detector: choose from {choices}")
+        if self.segmentation not in SEGMENTATIONS:
+            raise ConfigError(f"segmentation {self.segmentation!r} is unknown: use one of {', '.join(SEGMENTATIONS)}")
+        if self.segmentation == "labels" and not self.label_map:
+            raise ConfigError("segmentation 'labels' needs label_map: a PNG of segment values aligned with the parts")
+        if not 1 <= self.segments <= 64 or min(self.grid) < 1 or self.grid[0] * self.grid[1] > 64:
+            raise ConfigError("use 1 to 64 segments (k-means clusters or grid cells)")
+        if self.pool not in (1, 2, 4, 8, 16) or not 0.5 < self.quantile < 1.0 or not 0.0 < self.base_share < 1.0:
+            raise ConfigError("pool must be 1, 2, 4, 8 or 16; quantile in (0.5, 1); base_share in (0, 1)")
+        if self.rounds < 1 or self.parallel_trees < 1 or not 1 <= self.max_depth <= 8:
+            raise ConfigError("use at least one round and one tree, and max_depth from 1 to 8")
+
+    @property
+    def n_features(self) -> int:
+        return len(self.bases) * self.segments * len(STATISTICS)
+
+    def feature_names(self) -> list[str]:
+        """`statistic:base:segment` for each feature, in the paper's order [q, z, c, m] over bases and segments."""
+        return [
+            f"{stat}:{base}:{segment}"
+            for stat in STATISTICS
+            for base in self.bases
+            for segment in range(self.segments)
+        ]  # fmt: skip
+
+    def base_config(self, index: int):
+        """The config of base `index`: the stored one, else the base's defaults at this model's input size."""
+        from .. import get_model
+
+        spec = get_model(self.bases[index])
+        if index < len(self.base_configs):
+            return spec.config_cls().from_dict(self.base_configs[index])
+        return spec.make_config(
+            image_size=tuple(self.image_size), resize="squash", seed=self.seed, interpolation=self.interpolation
+        )
+
+
+def segment_statistics(pooled, labels, segments: int, quantile: float):
+    """N×K×h×w pooled maps and N×h×w segment labels → N×(4·K·L) features [quantile, skew, kurtosis, mean].
+
+    Empty segments (possible with k-means) give 0 for all four; a flat segment gives skew and kurtosis 0.
+    """
+    batch, bases = pooled.shape[:2]
+    values = pooled.flatten(2)  # N×K×P
+    member = (labels.flatten(1).unsqueeze(1) == torch.arange(segments, device=labels.device).view(1, -1, 1)).to(
+        values.dtype
+    )  # N×L×P
+    count = member.sum(dim=2)  # N×L
+    safe = count.clamp(min=1.0).unsqueeze(1)  # N×1×L
+    mean = torch.einsum("nkp,nlp->nkl", values, member) / safe
+    deviation = (values.unsqueeze(2) - mean.unsqueeze(3)) * member.unsqueeze(1)  # N×K×L×P, 0 outside the segment
+    square = deviation * deviation
+    m2 = square.sum(dim=3) / safe
+    m3 = (square * deviation).sum(dim=3) / safe
+    m4 = (square * square).sum(dim=3) / safe
+    spread = m2 > 1e-12 * (mean * mean + 1e-12)
+    skew = torch.where(spread, m3 / torch.clamp(m2, min=1e-30) ** 1.5, torch.zeros_like(m3))
+    kurtosis = torch.where(spread, m4 / torch.clamp(m2 * m2, min=1e-30) - 3.0, torch.zeros_like(m4))
+    # Quantile with linear interpolation (numpy's default) from the largest values: at (n - 1)(1 - q) from the top.
+    pixels = values.shape[2]
+    top = min(pixels, int((pixels - 1) * (1.0 - quantile)) + 2)
+    masked = torch.where(member.unsqueeze(1) > 0, values.unsqueeze(2), torch.full_like(deviation, EMPTY))
+    largest = torch.topk(masked, top, dim=3).values  # N×K×L×top, descending
+    rank = (count - 1.0).clamp(min=0.0) * (1.0 - quantile)  # N×L
+    low = torch.floor(rank)
+    frac = (rank - low).unsqueeze(1).unsqueeze(3)
+    low_index = low.long().clamp(max=top - 1).unsqueeze(1).unsqueeze(3).expand(batch, bases, segments, 1)
+    high_index = (low_index + 1).clamp(max=(count - 1.0).clamp(min=0.0).long().view(batch, 1, segments, 1))
+    high_index = high_index.clamp(max=top - 1)
+    upper = torch.gather(largest, 3, low_index)
+    lower = torch.gather(largest, 3, high_index)
+    value = (upper + (lower - upper) * frac).squeeze(3)
+    present = (count > 0).unsqueeze(1)
+    zero = torch.zeros_like(mean)
+    columns = [torch.where(present, stat, zero) for stat in (value, skew, kurtosis, mean)]
+    return torch.cat([column.flatten(1) for column in columns], dim=1)
+
+
+def tree_margin(x, features, thresholds, leaves, base):
+    """Margin of complete binary trees (see trees.py) for N×F features, as Gather / GreaterOrEqual / Add ops."""
+    batch = x.shape[0]
+    count, internal = features.shape
+    depth = leaves.shape[1].bit_length() - 1
+    gathered = x.index_select(1, features.flatten()).view(batch, count, internal)
+    right = (gathered >= thresholds.unsqueeze(0)).long()
+    position = torch.zeros(batch, count, 1, dtype=torch.long, device=x.device)
+    for level in range(depth):
+        bit = torch.gather(right, 2, position + (2**level - 1))
+        position = position * 2 + bit
+    reached = torch.gather(leaves.unsqueeze(0).expand(batch, count, leaves.shape[1]), 2, position)
+    return reached.sum(dim=(1, 2)) + base
+
+
+class SegadModel(nn.Module):
+    """image → anomaly_map (the first base's), pred_score (the trees' margin over per-segment statistics)."""
+
+    stats_names: tuple[str, ...] = ()  # trees and segmentation are learned state, baked into the graph
+    resizable_stats: dict[str, int] = {}
+
+    def __init__(self, config: SegadConfig) -> None:
+        super().__init__()
+        from .. import get_model
+        from ..backbones import FeatureExtractor, get_backbone
+
+        self.config = config
+        self.image_size = tuple(config.image_size)
+        self.bases = nn.ModuleList(
+            get_model(name).model_cls()(config.base_config(index)) for index, name in enumerate(config.bases)
+        )
+        for base in self.bases:
+            if tuple(base.image_size) != self.image_size:
+                raise ConfigError(f"segad base input {base.image_size} differs from {self.image_size}: re-train")
+        grid = (self.image_size[0] // config.pool, self.image_size[1] // config.pool)
+        self.register_buffer("segment_labels", torch.zeros(grid, dtype=torch.long))
+        if config.segmentation == "kmeans":
+            layer = get_backbone(config.backbone).default_layers[0]
+            self.feature_extractor = FeatureExtractor(config.backbone, (layer,), self.image_size)
+            channels = self.feature_extractor.channels()[0]
+            self.register_buffer("centroids", torch.zeros(config.segments, channels))
+        internal, leaves = 2**config.max_depth - 1, 2**config.max_depth
+        count = config.rounds * config.parallel_trees
+        self.register_buffer("tree_features", torch.zeros(count, internal, dtype=torch.long))
+        self.register_buffer("tree_thresholds", torch.full((count, internal), float("inf")))
+        self.register_buffer("tree_leaves", torch.zeros(count, leaves))
+        self.register_buffer("tree_base", torch.zeros(()))
+
+    def segments_of(self, image):
+        """N×h×w segment labels on the statistics grid."""
+        batch = image.shape[0]
+        if self.config.segmentation != "kmeans":
+            return self.segment_labels.unsqueeze(0).expand(batch, *self.segment_labels.shape)
+        features = self.feature_extractor(image)[0]  # N×C×h8×w8
+        return assign_clusters(features, self.centroids, self.segment_labels.shape)
+
+    def features(self, image, maps):
+        """The K·L·4 statistics of the base maps (each N×1×H×W) for this batch."""
+        pooled = torch.cat(maps, dim=1)
+        if self.config.pool > 1:
+            pooled = F.avg_pool2d(pooled, self.config.pool)
+        return segment_statistics(pooled, self.segments_of(image), self.config.segments, self.config.quantile)
+
+    def score(self, features):
+        return tree_margin(features, self.tree_features, self.tree_thresholds, self.tree_leaves, self.tree_base)
+
+    def forward(self, image):
+        maps = [base(image)[0] for base in self.bases]
+        return maps[0], self.score(self.features(image, maps))
+
+    @torch.no_grad()
+    def base_outputs(self, image):
+        """Each base's eager (map, score), with its bounded-memory scoring."""
+        return [base.infer(image) for base in self.bases]
+
+    @torch.no_grad()
+    def infer(self, image):
+        maps = [anomaly_map for anomaly_map, _ in self.base_outputs(image)]
+        return maps[0], self.score(self.features(image, maps))
+
+
+def assign_clusters(features, centroids, grid: tuple[int, int]):
+    """Nearest centroid of each N×C×h×w feature position, resized (nearest) to the N×grid statistics grid."""
+    flat = features.flatten(2).transpose(1, 2)  # N×P×C
+    distances = (flat * flat).sum(-1, keepdim=True) - 2.0 * flat @ centroids.T + (centroids * centroids).sum(-1)
+    nearest = distances.argmin(dim=-1).view(features.shape[0], 1, *features.shape[2:]).float()
+    return F.interpolate(nearest, size=tuple(grid), mode="nearest").squeeze(1).long()
