@@ -18,6 +18,7 @@ console = Console()
     epilog=examples(
         "edgeiad study --models patchcore,padim --data elpv-mono",
         "edgeiad study --models all --data elpv-mono --data path/to/mvtec_folder --vary image_size=256,320",
+        "edgeiad study --setting supervised --models patchcore,padim --data path/to/mvtec_folder --out study/segad",
     )
 )
 def study(
@@ -34,6 +35,12 @@ def study(
     latency_images: int = typer.Option(20, "--latency-images", help="test images timed per case (0: no latency)"),
     out: Path = typer.Option(Path("study"), "--out", help="output folder; an earlier study there is resumed"),
     json_out: bool = typer.Option(False, "--json", help="print the summary table as JSON (study.json has it all)"),
+    setting: str = typer.Option(
+        "clean",
+        "--setting",
+        help="clean (one-class, the default) or supervised: SegAD over --models as base detectors against them "
+        "and a supervised classifier, 0/5/10 labelled defects per type, 3 seeds (seed 003)",
+    ),
 ) -> None:
     """Train every model on every dataset with one configuration and tabulate the exported models' accuracy.
 
@@ -45,6 +52,16 @@ def study(
 
     names = list(MODELS) if models.strip().lower() == "all" else [m.strip().lower() for m in models.split(",")]
     datasets = [item.strip() for entry in data for item in entry.split(",") if item.strip()]
+    command = "edgeiad " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    if setting == "supervised":
+        from ..study.supervised import run_supervised_study
+
+        bases = tuple(name for name in names if name and MODELS[name].pixel_maps and not MODELS[name].supervised)
+        run_supervised_study(datasets, out, bases, echo=lambda m: console.print(m, markup=False), command=command)
+        console.print(f"written: {out / 'supervised.md'}, {out / 'supervised.json'}", markup=False)
+        return
+    if setting != "clean":
+        raise typer.BadParameter(f"--setting {setting!r} is unknown: use clean or supervised")
     plan = StudyPlan(
         models=[name for name in names if name],
         datasets=datasets,
@@ -54,7 +71,6 @@ def study(
         threads=threads,
         latency_images=latency_images,
     )
-    command = "edgeiad " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     log = Console(stderr=True) if json_out else console  # --json: stdout carries only the JSON
     document = run_study(plan, out, echo=lambda m: log.print(m, markup=False, highlight=False), command=command)
     from ..study.report import summary_table

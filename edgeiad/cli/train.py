@@ -48,6 +48,7 @@ def models(
         "edgeiad train patchcore --data elpv-mono",
         "edgeiad train padim --data path/to/mvtec_folder --out runs/padim-parts",
         "edgeiad train fastflow --data path/to/good_images --epochs 20 --max-minutes 5",
+        "edgeiad train segad --data path/to/mvtec_folder --labelled-defects 10 --bases patchcore,padim",
     )
 )
 def train(
@@ -69,6 +70,17 @@ def train(
     categories: Path = typer.Option(
         None, "--categories", help="categories.csv for per-category metrics (default DATA/...)"
     ),
+    labelled_defects: int = typer.Option(
+        0,
+        "--labelled-defects",
+        help="supervised models (segad): move N anomalous test images per defect type into training (seeded, "
+        "never scored); train/<defect>/ folders are used as well",
+    ),
+    bases: str = typer.Option(None, "--bases", help="segad: comma list of base detectors (default patchcore)"),
+    segmentation: str = typer.Option(
+        None, "--segmentation", help="segad: kmeans (default), single, grid, or labels (with --label-map)"
+    ),
+    label_map: Path = typer.Option(None, "--label-map", help="segad: PNG whose gray values are the segments"),
     json_out: bool = typer.Option(False, "--json", help="print the run folder and its metrics as JSON at the end"),
 ) -> None:
     """Fit MODEL on the good images of --data, fit thresholds on a validation split, evaluate on the rest."""
@@ -89,6 +101,17 @@ def train(
         if model.lower() != "patchcore":
             raise typer.BadParameter("--coreset-ratio applies to patchcore only")
         overrides["coreset_ratio"] = coreset_ratio
+    segad_options = {"bases": bases, "segmentation": segmentation, "label_map": label_map}
+    if any(value is not None for value in segad_options.values()):
+        if model.lower() != "segad":
+            raise typer.BadParameter("--bases, --segmentation and --label-map apply to segad only")
+        if bases is not None:
+            overrides["bases"] = tuple(name.strip().lower() for name in bases.split(",") if name.strip())
+        if label_map is not None:
+            overrides["label_map"] = str(label_map)
+            overrides["segmentation"] = segmentation or "labels"
+        elif segmentation is not None:
+            overrides["segmentation"] = segmentation
     run = run_training(
         model,
         data,
@@ -99,6 +122,7 @@ def train(
             message, markup=False, highlight=False, soft_wrap=True
         ),
         threshold_options={"val_anomalous": val_anomalous, "categories": categories},
+        labelled_defects=labelled_defects,
     )
     metrics = read_json(run / "metrics.json")
     if json_out:

@@ -142,7 +142,7 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
     feeds = arrays if stats == "sidecar" else {}
     calibration = calibration_batch(model, dataset) if precision == "int8" else None
     if spec.name == "onnx" and precision == "fp16":
-        facts.update(compress_fp16(onnx_path))
+        facts.update(compress_fp16(onnx_path, keep=getattr(model, "exact_buffers", ())))
     if spec.name in ("onnx", "trt") and precision == "int8":
         echo("quantizing the backbone to INT8 (the distance part stays fp32)")
         signed = spec.name == "trt"  # TensorRT's Q/DQ must be symmetric int8; ORT on x86 runs U8S8 fastest

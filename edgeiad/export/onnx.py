@@ -85,8 +85,12 @@ def backbone_node_names(graph) -> list[str]:
     return names
 
 
-def compress_fp16(path: Path) -> dict:
-    """Store float32 weights as float16 with a Cast back (half the file; CPU EPs still compute fp32)."""
+def compress_fp16(path: Path, keep: tuple[str, ...] = ()) -> dict:
+    """Store float32 weights as float16 with a Cast back (half the file; CPU EPs still compute fp32).
+
+    Initializers named after a buffer in `keep` stay float32: decision thresholds (SegAD's trees) rounded to
+    fp16 would send features down other branches than the ones xgboost trained.
+    """
     onnx = require("onnx", "train")
     from onnx import TensorProto, helper, numpy_helper
 
@@ -95,6 +99,8 @@ def compress_fp16(path: Path) -> dict:
     converted, nodes = [], []
     for init in list(graph.initializer):
         if init.data_type != TensorProto.FLOAT or np.prod(init.dims) < 16:
+            continue
+        if any(init.name == name or init.name.endswith("." + name) for name in keep):
             continue
         half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "__fp16")
         converted.append(half)

@@ -113,10 +113,7 @@ def fit_segmentation(model: SegadModel, images: np.ndarray) -> None:
     config = model.config
     height, width = model.segment_labels.shape
     if config.segmentation == "grid":
-        rows, cols = config.grid
-        row = (torch.arange(height) * rows // height).view(-1, 1)
-        col = (torch.arange(width) * cols // width).view(1, -1)
-        model.segment_labels.copy_(row * cols + col)
+        model.segment_labels.copy_(grid_labels((height, width), config.grid))
     elif config.segmentation == "labels":
         model.segment_labels.copy_(torch.from_numpy(label_grid(config, (height, width))))
     elif config.segmentation == "kmeans":
@@ -125,6 +122,14 @@ def fit_segmentation(model: SegadModel, images: np.ndarray) -> None:
         points = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
         picks = torch.linspace(0, len(points) - 1, min(KMEANS_POSITIONS, len(points))).long()
         model.centroids.copy_(kmeans(points[picks].double(), config.segments, config.seed).float())
+
+
+def grid_labels(shape: tuple[int, int], grid) -> torch.Tensor:
+    """Row-major cell index of every position of a `shape` grid cut into grid[0] × grid[1] equal cells."""
+    rows, cols = grid
+    row = (torch.arange(shape[0]) * rows // shape[0]).view(-1, 1)
+    col = (torch.arange(shape[1]) * cols // shape[1]).view(1, -1)
+    return row * cols + col
 
 
 def _label_values(config: SegadConfig) -> list[int]:
@@ -256,7 +261,7 @@ def install_trees(model: SegadModel, booster, x: np.ndarray) -> float:
         )
     model.tree_features.copy_(torch.from_numpy(arrays["features"]))
     model.tree_thresholds.copy_(torch.from_numpy(arrays["thresholds"]))
-    model.tree_leaves.copy_(torch.from_numpy(arrays["leaves"]))
+    model.tree_leaves.copy_(torch.from_numpy(arrays["leaves"].reshape(-1)))
     model.tree_base.fill_(float(arrays["base"]))
     expected = booster.predict(xgboost.DMatrix(x.astype(np.float32)), output_margin=True)
     with torch.no_grad():

@@ -137,18 +137,24 @@ def segment_statistics(pooled, labels, segments: int, quantile: float):
 
 
 def tree_margin(x, features, thresholds, leaves, base):
-    """Margin of complete binary trees (see trees.py) for N×F features, as Gather / GreaterOrEqual / Add ops."""
+    """Margin of complete binary trees (see trees.py) for N×F features, as Gather / GreaterOrEqual / Add ops.
+
+    `leaves` is flat (T·2^D): thresholds and leaves then reach the graph as the buffers themselves, untouched by
+    constant folding, so an fp16 export can keep exactly these initializers at fp32 (`exact_buffers`).
+    """
     batch = x.shape[0]
     count, internal = features.shape
-    depth = leaves.shape[1].bit_length() - 1
+    per_tree = internal + 1
+    depth = per_tree.bit_length() - 1
     gathered = x.index_select(1, features.flatten()).view(batch, count, internal)
-    right = (gathered >= thresholds.unsqueeze(0)).long()
+    right = (gathered >= thresholds).long()
     position = torch.zeros(batch, count, 1, dtype=torch.long, device=x.device)
     for level in range(depth):
         bit = torch.gather(right, 2, position + (2**level - 1))
         position = position * 2 + bit
-    reached = torch.gather(leaves.unsqueeze(0).expand(batch, count, leaves.shape[1]), 2, position)
-    return reached.sum(dim=(1, 2)) + base
+    offsets = torch.arange(count, device=x.device).view(1, count, 1) * per_tree
+    reached = leaves.index_select(0, (position + offsets).flatten()).view(batch, count)
+    return reached.sum(dim=1) + base
 
 
 class SegadModel(nn.Module):
@@ -156,6 +162,8 @@ class SegadModel(nn.Module):
 
     stats_names: tuple[str, ...] = ()  # trees and segmentation are learned state, baked into the graph
     resizable_stats: dict[str, int] = {}
+    score_is_map_max = False
+    exact_buffers = ("tree_thresholds", "tree_leaves")  # fp16 storage would move features across split points
 
     def __init__(self, config: SegadConfig) -> None:
         super().__init__()
@@ -181,7 +189,7 @@ class SegadModel(nn.Module):
         count = config.rounds * config.parallel_trees
         self.register_buffer("tree_features", torch.zeros(count, internal, dtype=torch.long))
         self.register_buffer("tree_thresholds", torch.full((count, internal), float("inf")))
-        self.register_buffer("tree_leaves", torch.zeros(count, leaves))
+        self.register_buffer("tree_leaves", torch.zeros(count * leaves))
         self.register_buffer("tree_base", torch.zeros(()))
 
     def segments_of(self, image):

@@ -1,0 +1,188 @@
+"""SegAD (seed 003): trees as graph ops against xgboost, per-segment statistics against numpy/scipy, labelled
+defects kept out of every scored set, segmentations, and the fp16 export keeping the split points exact."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="segad needs the [train] extra")
+xgboost = pytest.importorskip("xgboost", reason="segad's trees are trained with xgboost-cpu ([train] extra)")
+
+from edgeiad.data import load_dataset, take_labelled_defects  # noqa: E402
+from edgeiad.errors import ConfigError, DataError  # noqa: E402
+from edgeiad.models.segad.torch_model import segment_statistics, tree_margin  # noqa: E402
+from edgeiad.models.segad.trees import booster_arrays, margin  # noqa: E402
+
+from .conftest import SYNTH_SIZE, model_overrides  # noqa: E402
+from .test_cli import assert_one_line_error, run_cli  # noqa: E402
+
+
+@pytest.mark.parametrize("depth", [2, 5])
+def test_complete_trees_score_exactly_what_xgboost_predicts(depth):
+    rng = np.random.default_rng(depth)
+    x = rng.normal(size=(200, 9)).astype(np.float32)
+    x[:, 3] = np.round(x[:, 3])  # ties at split points: xgboost goes left only for x < threshold
+    y = (x[:, 0] + 0.7 * x[:, 3] - 0.2 * x[:, 5] > 0.4).astype(int)
+    params = {"objective": "binary:logitraw", "max_depth": depth, "num_parallel_tree": 7, "subsample": 0.6,
+              "colsample_bynode": 0.6, "reg_alpha": 1.0, "learning_rate": 0.3, "seed": 1, "nthread": 1}  # fmt: skip
+    booster = xgboost.train(params, xgboost.DMatrix(x, label=y), num_boost_round=4)
+    expected = booster.predict(xgboost.DMatrix(x), output_margin=True)
+    arrays = booster_arrays(booster, depth)
+    leaves_per_tree = arrays["leaves"].shape[1]
+    assert arrays["features"].shape == (28, 2**depth - 1) and leaves_per_tree == 2**depth
+    np.testing.assert_allclose(margin(x, **arrays), expected, rtol=0, atol=1e-5)
+    found = tree_margin(
+        torch.from_numpy(x),
+        torch.from_numpy(arrays["features"]),
+        torch.from_numpy(arrays["thresholds"]),
+        torch.from_numpy(arrays["leaves"].reshape(-1)),
+        torch.tensor(float(arrays["base"])),
+    )
+    np.testing.assert_allclose(found.numpy(), expected, rtol=0, atol=1e-5)
+
+
+def test_trees_refuse_other_objectives():
+    x = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
+    booster = xgboost.train({"objective": "binary:logistic", "max_depth": 2}, xgboost.DMatrix(x, label=x[:, 0] > 0), 1)
+    with pytest.raises(Exception, match="binary:logitraw"):
+        booster_arrays(booster, 2)
+
+
+def test_segment_statistics_match_numpy_and_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    maps = rng.gamma(2.0, 1.0, size=(2, 2, 12, 10)).astype(np.float32)
+    labels = rng.integers(0, 3, size=(2, 12, 10))
+    labels[1][labels[1] == 2] = 0  # segment 2 is empty in the second image
+    labels[0, :, :] = np.where(labels[0] == 1, 1, labels[0])
+    found = segment_statistics(torch.from_numpy(maps), torch.from_numpy(labels), 4, 0.995).numpy()
+    assert found.shape == (2, 4 * 2 * 4)
+    found = found.reshape(2, 4, 2, 4)  # image, statistic, base, segment
+    for image in range(2):
+        for base in range(2):
+            for segment in range(4):
+                values = maps[image, base][labels[image] == segment].astype(np.float64)
+                if values.size == 0:
+                    assert np.all(found[image, :, base, segment] == 0)
+                    continue
+                expected = [np.quantile(values, 0.995), stats.skew(values), stats.kurtosis(values), values.mean()]
+                np.testing.assert_allclose(found[image, :, base, segment], expected, rtol=2e-3, atol=2e-4)
+
+
+def test_flat_segments_give_zero_skew_and_kurtosis():
+    maps = torch.full((1, 1, 8, 8), 3.0)
+    found = segment_statistics(maps, torch.zeros(1, 8, 8, dtype=torch.long), 1, 0.995)
+    torch.testing.assert_close(found, torch.tensor([[3.0, 0.0, 0.0, 3.0]]))
+
+
+def test_labelled_defects_leave_the_test_set_seeded_and_capped(synthetic_mvtec):
+    dataset = load_dataset(synthetic_mvtec)
+    n_bad = sum(s.label for s in dataset.test)
+    moved = take_labelled_defects(dataset, 2, seed=1)
+    again = take_labelled_defects(dataset, 2, seed=1)
+    other = take_labelled_defects(dataset, 2, seed=5)
+    assert [s.path for s in moved.train_anomalous] == [s.path for s in again.train_anomalous]
+    assert [s.path for s in moved.train_anomalous] != [s.path for s in other.train_anomalous]
+    assert len(moved.train_anomalous) == 2 and all(s.label == 1 for s in moved.train_anomalous)
+    assert not {s.path for s in moved.train_anomalous} & {s.path for s in moved.test}
+    assert len(moved.test) == len(dataset.test) - 2
+    capped = take_labelled_defects(dataset, 1000, seed=0)  # at most half of a type: the test set keeps it
+    assert len(capped.train_anomalous) == n_bad // 2 and sum(s.label for s in capped.test) == n_bad - n_bad // 2
+    summary = moved.summary()
+    assert summary["n_train_anomalous"] == 2 and summary["train_anomalous_types"] == {"blob": 2}
+    assert summary["fingerprint"] != dataset.summary()["fingerprint"]
+
+
+def test_mvtec_train_defect_folders_are_labelled_training_images(synthetic_mvtec, tmp_path):
+    import shutil
+
+    root = tmp_path / "parts"
+    shutil.copytree(synthetic_mvtec, root)
+    (root / "train" / "scratch").mkdir()
+    for path in sorted((root / "test" / "blob").iterdir())[:2]:
+        shutil.copy(path, root / "train" / "scratch" / path.name)
+    dataset = load_dataset(root)
+    assert [s.defect_type for s in dataset.train_anomalous] == ["scratch", "scratch"]
+    assert all(s.label == 0 for s in dataset.train) and len(dataset.train) == 12
+
+
+def test_supervised_run_records_its_defects_and_export_never_scores_them(synthetic_mvtec, tmp_path):
+    from edgeiad.engine import train
+    from edgeiad.export import export_run
+    from edgeiad.runs import read_json, run_dataset
+
+    run = train(
+        "segad", synthetic_mvtec, out=tmp_path / "run", overrides=model_overrides("segad"), progress=False,
+        labelled_defects=2,
+    )  # fmt: skip
+    config = read_json(run / "config.json")
+    paths = config["data"]["train_anomalous_paths"]
+    assert len(paths) == 2 and config["fit"]["defects"] == "labelled" and config["fit"]["n_stage_defective"] == 2
+    assert config["fit"]["tree_parity_max_abs"] < 1e-4
+    scored = (run / "scores.csv").read_text()
+    assert not any(path in scored for path in paths)
+    assert "labelled defective training images: 2 blob" in (run / "train.log").read_text()
+    dataset = run_dataset(config)
+    assert not {s.path for s in dataset.test} & set(paths)
+    artifact = export_run(run, "onnx", "fp16", "baked", "1", out=tmp_path / "fp16")
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["parity"]["passed"] and manifest["parity"]["auroc_images"] == len(dataset.test)
+    assert manifest["model"]["config"]["bases"] == ["patchcore"]
+    import onnx
+
+    graph = onnx.load(str(artifact / "model.onnx")).graph
+    kinds = {init.name: init.data_type for init in graph.initializer}
+    assert kinds["tree_thresholds"] == kinds["tree_leaves"] == onnx.TensorProto.FLOAT  # split points stay exact
+    assert {node.domain for node in graph.node} <= {"", "ai.onnx"}  # no ONNX-ML operators
+
+
+def test_labelled_defects_are_refused_for_one_class_models(synthetic_mvtec, tmp_path, capsys):
+    code, _out, err = run_cli(["train", "padim", "--data", synthetic_mvtec, "--labelled-defects", "3",
+                               "--out", tmp_path / "r"], capsys)  # fmt: skip
+    assert_one_line_error(code, err, r"--labelled-defects trains supervised models \(segad\), not padim")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("kind", ["single", "grid", "labels"])
+def test_static_segmentations(synthetic_mvtec, tmp_path, kind):
+    from edgeiad.engine import train
+    from edgeiad.runs import load_model
+
+    overrides = {**model_overrides("segad"), "segmentation": kind, "grid": (2, 3)}
+    if kind == "labels":
+        label_map = np.zeros((40, 40), np.uint8)
+        label_map[:, 20:] = 200
+        label_map[30:, :] = 90
+        cv2.imwrite(str(tmp_path / "labels.png"), label_map)
+        overrides["label_map"] = str(tmp_path / "labels.png")
+    run = train("segad", synthetic_mvtec, out=tmp_path / "run", overrides=overrides, progress=False)
+    _record, model = load_model(run)
+    labels = model.segment_labels.numpy()
+    expected = {"single": 1, "grid": 6, "labels": 3}[kind]
+    assert model.config.segments == expected and set(np.unique(labels).tolist()) == set(range(expected))
+    assert labels.shape == (SYNTH_SIZE // 4, SYNTH_SIZE // 4)
+    if kind == "labels":  # bottom rows are the value 90 (index 1), the right half above them 200 (index 2)
+        assert labels[-1, 0] == 1 and labels[0, -1] == 2 and labels[0, 0] == 0
+
+
+def test_unreadable_label_map_is_one_clear_error(synthetic_mvtec, tmp_path):
+    from edgeiad.engine import train
+
+    (tmp_path / "labels.png").write_bytes(b"not a png")
+    overrides = {**model_overrides("segad"), "segmentation": "labels", "label_map": str(tmp_path / "labels.png")}
+    with pytest.raises(DataError, match="label map .* cannot be read"):
+        train("segad", synthetic_mvtec, out=tmp_path / "run", overrides=overrides, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_segad_config_is_checked():
+    from edgeiad.models import get_model
+
+    with pytest.raises(ConfigError, match="is not a detector"):
+        get_model("segad").make_config(bases=("segad",))
+    with pytest.raises(ConfigError, match="needs label_map"):
+        get_model("segad").make_config(segmentation="labels")
