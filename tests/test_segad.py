@@ -132,6 +132,11 @@ def test_supervised_run_records_its_defects_and_export_never_scores_them(synthet
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["parity"]["passed"] and manifest["parity"]["auroc_images"] == len(dataset.test)
     assert manifest["model"]["config"]["bases"] == ["patchcore"]
+    stage = manifest["second_stage"]
+    assert stage["bases"] == ["patchcore"] and stage["segmentation"]["kind"] == "kmeans"
+    assert stage["training"] == {"defects": "labelled", "n_base_images": 6, "n_stage_good": 6,
+                                 "n_stage_defective": 2, "labelled_types": {"blob": 2}}  # fmt: skip
+    assert stage["features"]["count"] == 4 * 4 + 1 and stage["trees"]["count"] == 60
     import onnx
 
     graph = onnx.load(str(artifact / "model.onnx")).graph

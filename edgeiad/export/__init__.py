@@ -247,6 +247,7 @@ def _manifest(record, model, spec: Target, precision, stats, stats_dtype, batch,
         "data": {k: record["data"].get(k) for k in ("name", "n_train", "fingerprint")},
         "engine": engine,
         "export": {"run": str(run), **facts, **({"openvino": openvino} if openvino else {})},
+        **({"second_stage": model.manifest_section(record)} if hasattr(model, "manifest_section") else {}),
     }
 
 

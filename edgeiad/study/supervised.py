@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +75,15 @@ def run_supervised_study(
             echo(f"{dataset.name}: done before, kept")
             continue
         started = time.perf_counter()
-        echo(f"{dataset.name}: fitting {', '.join(bases)} on half the good images, scoring the rest")
-        cache = _score_dataset(dataset, bases, echo)
-        echo(f"{dataset.name}: base detectors done in {time.perf_counter() - started:.0f} s; training trees")
+        stored = out / "cache" / f"{dataset.name}-{'+'.join(bases)}.npz"
+        if stored.is_file():
+            echo(f"{dataset.name}: base detectors' outputs read from {stored}")
+            cache = _read_cache(stored)
+        else:
+            echo(f"{dataset.name}: fitting {', '.join(bases)} on half the good images, scoring the rest")
+            cache = _score_dataset(dataset, bases, echo)
+            _write_cache(stored, cache)
+            echo(f"{dataset.name}: base detectors done in {time.perf_counter() - started:.0f} s; training trees")
         document["datasets"][dataset.name] = _experiments(cache, bases, seeds, shots)
         document["datasets"][dataset.name]["prepare_s"] = round(time.perf_counter() - started, 1)
         write_json(path, document)
@@ -124,6 +130,47 @@ def _score_dataset(dataset, bases, echo) -> dict:
     }
 
 
+GROUPS = ("stage", "test", "synthetic")
+
+
+def _write_cache(path: Path, cache: dict) -> None:
+    """The base detectors' outputs (npz, no pickle): re-running the tree experiments takes seconds."""
+    from edgeiad_runtime.files import atomic_write
+
+    arrays = {f"{group}.{key}": np.asarray(value) for group in GROUPS for key, value in cache[group].items()}
+    arrays.update(labels=cache["labels"], types=np.array(cache["types"]), grid=np.array(cache["grid"]))
+    arrays["size_groups"] = np.array(["" if g is None else g for g in cache["size_groups"]])
+    arrays["config"] = np.array(json.dumps(cache["config"].to_dict()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(path, [buffer.getvalue()])
+
+
+def _read_cache(path: Path) -> dict:
+    from ..models.segad.torch_model import SegadConfig
+
+    torch = require_torch()
+    with np.load(path, allow_pickle=False) as data:
+        cache = {
+            group: {key: data[f"{group}.{key}"] for key in ("pooled", "clusters", "scores", "global")}
+            for group in GROUPS
+        }
+        for group in GROUPS:
+            for key in ("pooled", "clusters"):
+                cache[group][key] = torch.from_numpy(cache[group][key])
+        cache.update(
+            labels=data["labels"],
+            types=data["types"].tolist(),
+            grid=tuple(int(v) for v in data["grid"]),
+            size_groups=[g or None for g in data["size_groups"].tolist()],
+            config=SegadConfig.from_dict(json.loads(str(data["config"]))),
+        )
+    return cache
+
+
 def _one_copy(config):
     from dataclasses import replace
 
@@ -163,7 +210,7 @@ def _size_groups(dataset) -> list[str | None]:
     return [None if i not in areas else ("small" if areas[i] <= median else "large") for i in range(len(dataset.test))]
 
 
-def _features(cache: dict, group: str, base_index: list[int], segmentation: str):
+def _features(cache: dict, group: str, base_index: list[int], segmentation: str, scores: bool):
     from ..models.segad.fit import grid_labels
     from ..models.segad.torch_model import segment_statistics
 
@@ -178,14 +225,23 @@ def _features(cache: dict, group: str, base_index: list[int], segmentation: str)
     else:
         labels, segments = data["clusters"], cache["config"].segments
     with torch.no_grad():
-        return segment_statistics(pooled, labels, segments, cache["config"].quantile).numpy()
+        found = segment_statistics(pooled, labels, segments, cache["config"].quantile).numpy()
+    return np.concatenate([found, data["scores"][:, base_index]], axis=1) if scores else found
 
 
-def _methods(bases: tuple[str, ...]) -> list[tuple[str, list[int], str]]:
-    """(row name, base indices, segmentation) for every SegAD configuration of the study."""
+VARIANTS = {"paper": (False, False), "edgeiad": (True, True)}  # (base image scores as features, balanced)
+
+
+def _methods(bases: tuple[str, ...]) -> list[tuple[str, list[int], str, str]]:
+    """(row name, base indices, segmentation, variant) for every SegAD configuration of the study.
+
+    "paper": the paper's features and trees as published; "edgeiad": the defaults, which add each base's image
+    score to the features and weight the defective images up to the good ones' total.
+    """
     sets = [[0]] + ([list(range(len(bases)))] if len(bases) > 1 else [])
     return [
-        (f"segad[{'+'.join(bases[i] for i in chosen)}] {segmentation}", chosen, segmentation)
+        (f"segad[{'+'.join(bases[i] for i in chosen)}] {segmentation}, {variant}", chosen, segmentation, variant)
+        for variant in VARIANTS
         for chosen in sets
         for segmentation in SEGMENTATIONS
     ]
@@ -198,10 +254,11 @@ def _experiments(cache: dict, bases, seeds, shots) -> dict:
     labels, types = cache["labels"], cache["types"]
     anomalous = np.flatnonzero(labels != 0)
     features = {
-        (name, group): _features(cache, group, chosen, segmentation)
-        for name, chosen, segmentation in _methods(bases)
-        for group in ("stage", "test", "synthetic")
+        (name, group): _features(cache, group, chosen, segmentation, VARIANTS[variant][0])
+        for name, chosen, segmentation, variant in _methods(bases)
+        for group in GROUPS
     }
+    configs = {variant: replace(config, balance=VARIANTS[variant][1]) for variant in VARIANTS}
     rows: dict[str, dict[str, list]] = {}
     unseen: dict[str, dict[str, list]] = {}
 
@@ -209,18 +266,15 @@ def _experiments(cache: dict, bases, seeds, shots) -> dict:
         table.setdefault(setting, {}).setdefault(method, []).append(values)
 
     for seed in seeds:
-        from dataclasses import replace
-
-        tree_config = replace(config, seed=seed)
         for shot in shots:
             setting = "synthetic" if shot == 0 else f"{shot} labelled"
             chosen = [] if shot == 0 else _labelled(anomalous, types, shot, seed)
             evaluate = np.setdiff1d(np.arange(len(labels)), chosen)
             for index, name in enumerate(bases):
                 record(rows, setting, name, _metrics(labels[evaluate], cache["test"]["scores"][evaluate, index]))
-            for name, _chosen, _segmentation in _methods(bases):
+            for name, _chosen, _segmentation, variant in _methods(bases):
                 x, y = _training_set(features, name, chosen, shot)
-                booster = fit_trees(tree_config, x, y)
+                booster = fit_trees(replace(configs[variant], seed=seed), x, y)
                 found = _margin(booster, features[(name, "test")][evaluate])
                 record(rows, setting, name, _metrics(labels[evaluate], found))
             if shot:
@@ -236,13 +290,14 @@ def _experiments(cache: dict, bases, seeds, shots) -> dict:
             test = np.concatenate([np.flatnonzero(labels == 0), target])
             setting = f"{held} held out"
             record(unseen, setting, bases[0], _metrics(labels[test], cache["test"]["scores"][test, 0]))
-            for name, _chosen, segmentation in _methods(bases):
+            for name, _chosen, segmentation, variant in _methods(bases):
                 if segmentation != "kmeans":
                     continue
                 x, y = _training_set(features, name, chosen, 10)
-                found = _margin(fit_trees(tree_config, x, y), features[(name, "test")][test])
+                found = _margin(fit_trees(replace(configs[variant], seed=seed), x, y), features[(name, "test")][test])
                 record(unseen, setting, name, _metrics(labels[test], found))
-            record(unseen, setting, "supervised classifier", _metrics(labels[test], _logistic(cache, chosen, test, seed)))
+            found = _logistic(cache, chosen, test, seed)
+            record(unseen, setting, "supervised classifier", _metrics(labels[test], found))
     return {
         "image_size": list(config.image_size),
         "segments_kmeans": config.segments,

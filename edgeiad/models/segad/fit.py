@@ -187,8 +187,7 @@ def stage_features(model: SegadModel, images: np.ndarray) -> np.ndarray:
     rows = []
     for chunk, _ in _batches(images):
         batch = torch.from_numpy(np.ascontiguousarray(chunk))
-        maps = [anomaly_map for anomaly_map, _ in model.base_outputs(batch)]
-        rows.append(model.features(batch, maps).float().numpy())
+        rows.append(model.features(batch, model.base_outputs(batch)).float().numpy())
     return np.concatenate(rows) if rows else np.zeros((0, model.config.n_features), np.float32)
 
 
@@ -218,8 +217,9 @@ def disturb(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         region = np.ascontiguousarray(out[top : top + h, left : left + w])
         out[top : top + h, left : left + w] = cv2.GaussianBlur(region, (0, 0), float(rng.uniform(2.0, 5.0)))
         return out
-    long_side, thin = int(rng.integers(max(4, min(height, width) // 8), max(5, min(height, width) // 2))), int(
-        rng.integers(1, max(2, min(height, width) // 40) + 1)
+    long_side, thin = (
+        int(rng.integers(max(4, min(height, width) // 8), max(5, min(height, width) // 2))),
+        int(rng.integers(1, max(2, min(height, width) // 40) + 1)),
     )
     h, w = (long_side, thin) if rng.random() < 0.5 else (thin, long_side)
     h, w = min(h, height), min(w, width)
@@ -246,6 +246,8 @@ def fit_trees(config: SegadConfig, x: np.ndarray, y: np.ndarray):
         "seed": config.seed,
         "nthread": max(1, torch.get_num_threads()),
     }
+    if config.balance:  # the defective images weigh as much as the good ones together
+        params["scale_pos_weight"] = float((y == 0).sum()) / float(max(1, (y != 0).sum()))
     matrix = xgboost.DMatrix(x.astype(np.float32), label=y)
     return xgboost.train(params, matrix, num_boost_round=config.rounds)
 

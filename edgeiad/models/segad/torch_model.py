@@ -47,6 +47,10 @@ class SegadConfig(FeatureBankConfig):
     colsample: float = 0.6  # by tree and by node, as the paper
     l1: float = 1.0
     synthetic_per_image: int = 2  # disturbed copies per stage-two good image when no labelled defects are given
+    # Beyond the paper: each base's own image score as one more feature, and defective images weighted up to the
+    # good images' total (xgboost scale_pos_weight) so that a handful of labels can still open a split.
+    image_scores: bool = True
+    balance: bool = True
     base_configs: list = field(default_factory=list)  # each base's full config, written by the fit
 
     def validate(self) -> None:
@@ -72,16 +76,17 @@ class SegadConfig(FeatureBankConfig):
 
     @property
     def n_features(self) -> int:
-        return len(self.bases) * self.segments * len(STATISTICS)
+        return len(self.bases) * (self.segments * len(STATISTICS) + int(self.image_scores))
 
     def feature_names(self) -> list[str]:
         """`statistic:base:segment` for each feature, in the paper's order [q, z, c, m] over bases and segments."""
-        return [
+        names = [
             f"{stat}:{base}:{segment}"
             for stat in STATISTICS
             for base in self.bases
             for segment in range(self.segments)
         ]  # fmt: skip
+        return names + ([f"score:{base}" for base in self.bases] if self.image_scores else [])
 
     def base_config(self, index: int):
         """The config of base `index`: the stored one, else the base's defaults at this model's input size."""
@@ -192,6 +197,45 @@ class SegadModel(nn.Module):
         self.register_buffer("tree_leaves", torch.zeros(count * leaves))
         self.register_buffer("tree_base", torch.zeros(()))
 
+    def manifest_section(self, record: dict) -> dict:
+        """What an artifact's manifest says about the stage: bases, segmentation, features, trees, training data."""
+        config = self.config
+        fit = record.get("fit", {})
+        data = record.get("data", {})
+        return {
+            "kind": "segad",
+            "bases": list(config.bases),
+            "anomaly_map": f"{config.bases[0]}'s map, unchanged",
+            "segmentation": {
+                "kind": config.segmentation,
+                "segments": config.segments,
+                "grid": list(config.grid) if config.segmentation == "grid" else None,
+                "label_map": config.label_map or None,
+                "statistics_stride": config.pool,
+            },
+            "features": {
+                "statistics": list(STATISTICS),
+                "quantile": config.quantile,
+                "base_image_scores": config.image_scores,
+                "count": config.n_features,
+            },
+            "trees": {
+                "count": config.rounds * config.parallel_trees,
+                "rounds": config.rounds,
+                "parallel_trees": config.parallel_trees,
+                "max_depth": config.max_depth,
+                "evaluation": "complete binary trees as Gather/GreaterOrEqual graph ops (no ONNX-ML)",
+                "xgboost_parity_max_abs": fit.get("tree_parity_max_abs"),
+            },
+            "training": {
+                "defects": fit.get("defects"),
+                "n_base_images": fit.get("n_base_images"),
+                "n_stage_good": fit.get("n_stage_good"),
+                "n_stage_defective": fit.get("n_stage_defective"),
+                "labelled_types": data.get("train_anomalous_types", {}),
+            },
+        }
+
     def segments_of(self, image):
         """N×h×w segment labels on the statistics grid."""
         batch = image.shape[0]
@@ -200,19 +244,22 @@ class SegadModel(nn.Module):
         features = self.feature_extractor(image)[0]  # N×C×h8×w8
         return assign_clusters(features, self.centroids, self.segment_labels.shape)
 
-    def features(self, image, maps):
-        """The K·L·4 statistics of the base maps (each N×1×H×W) for this batch."""
-        pooled = torch.cat(maps, dim=1)
+    def features(self, image, outputs):
+        """The K·L·4 statistics of the base (map N×1×H×W, score N) outputs, then the K scores (`image_scores`)."""
+        pooled = torch.cat([anomaly_map for anomaly_map, _ in outputs], dim=1)
         if self.config.pool > 1:
             pooled = F.avg_pool2d(pooled, self.config.pool)
-        return segment_statistics(pooled, self.segments_of(image), self.config.segments, self.config.quantile)
+        found = segment_statistics(pooled, self.segments_of(image), self.config.segments, self.config.quantile)
+        if self.config.image_scores:
+            found = torch.cat([found, torch.stack([score for _, score in outputs], dim=1).to(found.dtype)], dim=1)
+        return found
 
     def score(self, features):
         return tree_margin(features, self.tree_features, self.tree_thresholds, self.tree_leaves, self.tree_base)
 
     def forward(self, image):
-        maps = [base(image)[0] for base in self.bases]
-        return maps[0], self.score(self.features(image, maps))
+        outputs = [base(image) for base in self.bases]
+        return outputs[0][0], self.score(self.features(image, outputs))
 
     @torch.no_grad()
     def base_outputs(self, image):
@@ -221,8 +268,8 @@ class SegadModel(nn.Module):
 
     @torch.no_grad()
     def infer(self, image):
-        maps = [anomaly_map for anomaly_map, _ in self.base_outputs(image)]
-        return maps[0], self.score(self.features(image, maps))
+        outputs = self.base_outputs(image)
+        return outputs[0][0], self.score(self.features(image, outputs))
 
 
 def assign_clusters(features, centroids, grid: tuple[int, int]):
