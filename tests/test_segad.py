@@ -191,3 +191,43 @@ def test_segad_config_is_checked():
         get_model("segad").make_config(bases=("segad",))
     with pytest.raises(ConfigError, match="needs label_map"):
         get_model("segad").make_config(segmentation="labels")
+
+
+def test_balanced_trees_weight_the_defects_up_to_the_good_images():
+    from edgeiad.models import get_model
+    from edgeiad.models.segad.fit import fit_trees
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(44, 5)).astype(np.float32), np.array([0] * 40 + [1] * 4)
+    config = get_model("segad").make_config(rounds=1, parallel_trees=2)
+    found = json.loads(fit_trees(config, x, y).save_config())["learner"]["objective"]["reg_loss_param"]
+    assert float(found["scale_pos_weight"]) == 10.0
+    config.balance = False
+    found = json.loads(fit_trees(config, x, y).save_config())["learner"]["objective"]["reg_loss_param"]
+    assert float(found["scale_pos_weight"]) == 1.0
+    assert len(config.feature_names()) == config.n_features == 4 * 4 + 1
+
+
+def test_supervised_study_tables_and_cached_base_outputs(synthetic_mvtec, tmp_path):
+    from edgeiad.study.supervised import run_supervised_study
+
+    kwargs = {"bases": ("patchcore",), "seeds": (0, 1), "shots": (0, 2)}
+    document = run_supervised_study([str(synthetic_mvtec)], tmp_path, **kwargs)
+    result = document["datasets"]["parts"]
+    assert set(result["table"]) == {"synthetic", "2 labelled"}
+    rows = result["table"]["2 labelled"]
+    assert {"patchcore", "supervised classifier", "segad[patchcore] kmeans, paper"} <= set(rows)
+    assert rows["patchcore"]["runs"] == 2 and 0.0 <= rows["patchcore"]["image_auroc"]["mean"] <= 1.0
+    assert result["tree_parity"]["max_abs"] < 1e-4 and result["tree_parity"]["rows"] > 0
+    assert "supervised classifier" not in result["table"]["synthetic"]  # nothing labelled to train it on
+    assert "| segad[patchcore] grid, edgeiad |" in (tmp_path / "supervised.md").read_text()
+    cache = list((tmp_path / "cache").glob("*.npz"))
+    assert len(cache) == 1
+    (tmp_path / "supervised.json").unlink()  # the trees re-run from the cached base outputs, same numbers
+    again = run_supervised_study([str(synthetic_mvtec)], tmp_path, **kwargs)["datasets"]["parts"]
+    assert again["table"] == result["table"]
+
+
+def test_study_setting_is_checked(synthetic_mvtec, tmp_path, capsys):
+    code, _out, err = run_cli(["study", "--setting", "noisy", "--data", synthetic_mvtec, "--out", tmp_path], capsys)
+    assert_one_line_error(code, err, "--setting 'noisy' is unknown: use clean or supervised")

@@ -299,6 +299,7 @@ def _experiments(cache: dict, bases, seeds, shots) -> dict:
             found = _logistic(cache, chosen, test, seed)
             record(unseen, setting, "supervised classifier", _metrics(labels[test], found))
     return {
+        "tree_parity": dict(PARITY),  # cumulative over the datasets run so far in this process
         "image_size": list(config.image_size),
         "segments_kmeans": config.segments,
         "n_test": int(len(labels)),
@@ -325,10 +326,21 @@ def _training_set(features: dict, name: str, chosen, shot: int):
     return np.concatenate([good, bad]), np.concatenate([np.zeros(len(good)), np.ones(len(bad))])
 
 
+PARITY = {"max_abs": 0.0, "rows": 0}  # graph-form trees against xgboost, over every scored test set of the study
+
+
 def _margin(booster, x: np.ndarray) -> np.ndarray:
+    """xgboost's margin, checked against the complete-tree arrays the exported graph evaluates."""
     import xgboost
 
-    return booster.predict(xgboost.DMatrix(x.astype(np.float32)), output_margin=True)
+    from ..models.segad.trees import booster_arrays, margin
+
+    expected = booster.predict(xgboost.DMatrix(x.astype(np.float32)), output_margin=True)
+    depth = int(json.loads(booster.save_config())["learner"]["gradient_booster"]["tree_train_param"]["max_depth"])
+    found = margin(x, **booster_arrays(booster, depth))
+    PARITY["max_abs"] = max(PARITY["max_abs"], float(np.max(np.abs(found - expected))))
+    PARITY["rows"] += len(x)
+    return expected
 
 
 def _logistic(cache: dict, chosen, evaluate, seed: int) -> np.ndarray:
@@ -382,20 +394,43 @@ def _summarise(table: dict) -> dict:
 
 
 def markdown(document: dict) -> str:
-    """One table per dataset and setting (mean ± std over seeds), then the unseen-defect tables."""
+    """Mean over datasets first, then one table per dataset and setting (mean ± std over seeds), then the
+    unseen-defect tables."""
     lines = [
         "# SegAD study (seed 003)",
         "",
         f"`{document.get('command', '')}`; bases {', '.join(document['bases'])}; seeds {document['seeds']}.",
         "",
     ]
-    for name, result in document["datasets"].items():
+    results = document["datasets"]
+    if len(results) > 1:
+        lines += [f"## Mean over {len(results)} datasets ({', '.join(results)})", ""]
+        for part, title in (("table", ""), ("unseen", "unseen defects: ")):
+            settings = {setting: None for result in results.values() for setting in result[part]}
+            for setting in settings:
+                shared = [r[part][setting] for r in results.values() if setting in r[part]]
+                methods = {m: None for table in shared for m in table}
+                lines += [f"**{title}{setting}** ({len(shared)} datasets)", "", _header(), "|---|---|---|---|"]
+                for method in methods:
+                    rows = [table[method] for table in shared if method in table]
+                    cells = [f"{np.mean([row[k]['mean'] for row in rows]):.3f}" for k in METRICS]
+                    lines.append(f"| {method} | {' | '.join(cells)} |")
+                lines.append("")
+    for name, result in results.items():
         lines += [f"## {name} ({result['n_test']} test images, {result['n_stage_good']} stage-two good)", ""]
+        parity = result.get("tree_parity")
+        if parity:
+            lines += [f"Graph-form trees vs xgboost: max |margin difference| {parity['max_abs']:.2g} over "
+                      f"{parity['rows']} scored rows.", ""]  # fmt: skip
         for title, table in (("", result["table"]), ("unseen defects: ", result["unseen"])):
             for setting, methods in table.items():
-                lines += [f"**{title}{setting}**", "", "| method | image AUROC | AP | FPR@95TPR |", "|---|---|---|---|"]
+                lines += [f"**{title}{setting}**", "", _header(), "|---|---|---|---|"]
                 for method, values in methods.items():
                     cells = [f"{values[k]['mean']:.3f} ± {values[k]['std']:.3f}" for k in METRICS]
                     lines.append(f"| {method} | {' | '.join(cells)} |")
                 lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _header() -> str:
+    return "| method | image AUROC | AP | FPR@95TPR |"
