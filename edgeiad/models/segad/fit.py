@@ -33,17 +33,20 @@ def fit_segad(config: SegadConfig, batches: Iterable, device: str = "cpu", progr
     with watch.time("segmentation_s"):
         fit_segmentation(model, images[base_rows])
     with watch.time("features_s"):
-        good = stage_features(model, images[stage_rows])
+        good, good_scores = stage_features(model, images[stage_rows])
         bad_images = _stack(anomalous) if anomalous is not None else np.zeros((0, *images.shape[1:]), np.float32)
         source = "labelled" if len(bad_images) else "synthetic"
         if source == "synthetic":
             bad_images = synthetic_defects(images[stage_rows], config)
-        bad = stage_features(model, bad_images)
+        bad, bad_scores = stage_features(model, bad_images)
     x = np.concatenate([good, bad])
     y = np.concatenate([np.zeros(len(good)), np.ones(len(bad))])
+    model.prior.copy_(torch.tensor(prior_statistics(good_scores[:, 0])))
+    scores = np.concatenate([good_scores[:, 0], bad_scores[:, 0]])
     with watch.time("trees_s"):
-        booster = fit_trees(config, x, y)
-        parity = install_trees(model, booster, x)
+        prior = prior_margins(config, model.prior.numpy(), scores)
+        booster = fit_trees(config, x, y, prior)
+        parity = install_trees(model, booster, x, scores)
     if progress is not None:
         progress(1, 1)
     info = {
@@ -182,13 +185,31 @@ def kmeans(points, clusters: int, seed: int):
 
 
 @torch.no_grad()
-def stage_features(model: SegadModel, images: np.ndarray) -> np.ndarray:
-    """N×F float32 statistics of the base maps of preprocessed images (the trees' input)."""
-    rows = []
+def stage_features(model: SegadModel, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N×F float32 statistics of the base maps: the trees' input, N×K base image scores) of preprocessed images."""
+    rows, scores = [], []
     for chunk, _ in _batches(images):
         batch = torch.from_numpy(np.ascontiguousarray(chunk))
-        rows.append(model.features(batch, model.base_outputs(batch)).float().numpy())
-    return np.concatenate(rows) if rows else np.zeros((0, model.config.n_features), np.float32)
+        outputs = model.base_outputs(batch)
+        rows.append(model.features(batch, outputs).float().numpy())
+        scores.append(torch.stack([score for _, score in outputs], dim=1).float().numpy())
+    if not rows:
+        return np.zeros((0, model.config.n_features), np.float32), np.zeros((0, len(model.bases)), np.float32)
+    return np.concatenate(rows), np.concatenate(scores)
+
+
+def prior_statistics(good_scores: np.ndarray) -> list[float]:
+    """Mean and standard deviation of the first base's image scores on the stage-two good images."""
+    scale = float(np.std(good_scores))
+    return [float(np.mean(good_scores)), scale if scale > 1e-12 else 1.0]
+
+
+def prior_margins(config: SegadConfig, prior: np.ndarray, scores: np.ndarray) -> np.ndarray | None:
+    """The base margins the trees boost from (float32, as the graph computes them), or None without a prior."""
+    if not config.prior_weight:
+        return None
+    scores = np.asarray(scores, np.float32)
+    return (np.float32(config.prior_weight) * (scores - np.float32(prior[0])) / np.float32(prior[1])).astype(np.float32)
 
 
 def synthetic_defects(images: np.ndarray, config: SegadConfig) -> np.ndarray:
@@ -228,8 +249,9 @@ def disturb(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def fit_trees(config: SegadConfig, x: np.ndarray, y: np.ndarray):
-    """The paper's Boosted Random Forest (Appendix A.1) with xgboost: rounds × parallel trees, binary:logitraw."""
+def fit_trees(config: SegadConfig, x: np.ndarray, y: np.ndarray, prior: np.ndarray | None = None):
+    """The paper's Boosted Random Forest (Appendix A.1) with xgboost: rounds × parallel trees, binary:logitraw;
+    boosting from `prior` (per-row margins) when given."""
     xgboost = require("xgboost", "train")
     if len(set(y.tolist())) < 2:
         raise ConfigError("the second stage needs good and defective images to train on")
@@ -248,13 +270,13 @@ def fit_trees(config: SegadConfig, x: np.ndarray, y: np.ndarray):
     }
     if config.balance:  # the defective images weigh as much as the good ones together
         params["scale_pos_weight"] = float((y == 0).sum()) / float(max(1, (y != 0).sum()))
-    matrix = xgboost.DMatrix(x.astype(np.float32), label=y)
+    matrix = xgboost.DMatrix(x.astype(np.float32), label=y, base_margin=prior)
     return xgboost.train(params, matrix, num_boost_round=config.rounds)
 
 
-def install_trees(model: SegadModel, booster, x: np.ndarray) -> float:
-    """Copy the booster into the model's tree buffers; return max |graph − xgboost| margin on `x` (raises above
-    tolerance: the graph must score exactly what xgboost trained)."""
+def install_trees(model: SegadModel, booster, x: np.ndarray, scores: np.ndarray) -> float:
+    """Copy the booster into the model's tree buffers; return max |graph − xgboost| margin on `x` with the first
+    base's image `scores` (raises above tolerance: the graph must score exactly what xgboost trained)."""
     xgboost = require("xgboost", "train")
     arrays = booster_arrays(booster, model.config.max_depth)
     if arrays["features"].shape != tuple(model.tree_features.shape):
@@ -264,10 +286,13 @@ def install_trees(model: SegadModel, booster, x: np.ndarray) -> float:
     model.tree_features.copy_(torch.from_numpy(arrays["features"]))
     model.tree_thresholds.copy_(torch.from_numpy(arrays["thresholds"]))
     model.tree_leaves.copy_(torch.from_numpy(arrays["leaves"].reshape(-1)))
-    model.tree_base.fill_(float(arrays["base"]))
-    expected = booster.predict(xgboost.DMatrix(x.astype(np.float32)), output_margin=True)
+    prior = prior_margins(model.config, model.prior.numpy(), scores)
+    # xgboost adds its base_score only when no base margin is given: boosting from the prior replaces it.
+    model.tree_base.fill_(0.0 if prior is not None else float(arrays["base"]))
+    expected = booster.predict(xgboost.DMatrix(x.astype(np.float32), base_margin=prior), output_margin=True)
     with torch.no_grad():
-        found = model.score(torch.from_numpy(x.astype(np.float32))).numpy()
+        found = model.score(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(scores.astype(np.float32)))
+    found = found.numpy()
     error = float(np.max(np.abs(found - expected))) if len(x) else 0.0
     if error > PARITY_TOLERANCE * (1.0 + float(np.max(np.abs(expected)))):
         raise ConfigError(f"the graph's trees differ from xgboost by {error:.3g}: report this as a bug")
