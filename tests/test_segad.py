@@ -131,12 +131,13 @@ def test_supervised_run_records_its_defects_and_export_never_scores_them(synthet
     artifact = export_run(run, "onnx", "fp16", "baked", "1", out=tmp_path / "fp16")
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["parity"]["passed"] and manifest["parity"]["auroc_images"] == len(dataset.test)
-    assert manifest["model"]["config"]["bases"] == ["patchcore"]
+    assert manifest["model"]["config"]["bases"] == ["patchcore", "padim"]
     stage = manifest["second_stage"]
-    assert stage["bases"] == ["patchcore"] and stage["segmentation"]["kind"] == "kmeans"
+    assert stage["bases"] == ["patchcore", "padim"] and stage["segmentation"]["kind"] == "grid"
     assert stage["training"] == {"defects": "labelled", "n_base_images": 6, "n_stage_good": 6,
                                  "n_stage_defective": 2, "labelled_types": {"blob": 2}}  # fmt: skip
-    assert stage["features"]["count"] == 4 * 4 + 1 and stage["trees"]["count"] == 60
+    assert stage["features"]["count"] == 2 * (4 * 4 + 1) and stage["trees"]["count"] == 60
+    assert stage["trees"]["prior"]["weight"] == 1.0 and stage["trees"]["prior"]["std"] > 0
     import onnx
 
     graph = onnx.load(str(artifact / "model.onnx")).graph
@@ -152,8 +153,8 @@ def test_labelled_defects_are_refused_for_one_class_models(synthetic_mvtec, tmp_
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("kind", ["single", "grid", "labels"])
-def test_static_segmentations(synthetic_mvtec, tmp_path, kind):
+@pytest.mark.parametrize("kind", ["single", "grid", "labels", "kmeans"])
+def test_segmentations(synthetic_mvtec, tmp_path, kind):
     from edgeiad.engine import train
     from edgeiad.runs import load_model
 
@@ -166,6 +167,12 @@ def test_static_segmentations(synthetic_mvtec, tmp_path, kind):
         overrides["label_map"] = str(tmp_path / "labels.png")
     run = train("segad", synthetic_mvtec, out=tmp_path / "run", overrides=overrides, progress=False)
     _record, model = load_model(run)
+    if kind == "kmeans":  # clusters of early features, assigned per patch: the textured parts use several
+        assert model.centroids.shape[0] == 4 and torch.unique(model.centroids, dim=0).shape[0] == 4
+        with torch.no_grad():
+            labels = model.segments_of(torch.randn(2, 3, SYNTH_SIZE, SYNTH_SIZE))
+        assert labels.shape == (2, SYNTH_SIZE // 4, SYNTH_SIZE // 4) and len(torch.unique(labels)) >= 2
+        return
     labels = model.segment_labels.numpy()
     expected = {"single": 1, "grid": 6, "labels": 3}[kind]
     assert model.config.segments == expected and set(np.unique(labels).tolist()) == set(range(expected))
@@ -205,7 +212,7 @@ def test_balanced_trees_weight_the_defects_up_to_the_good_images():
     config.balance = False
     found = json.loads(fit_trees(config, x, y).save_config())["learner"]["objective"]["reg_loss_param"]
     assert float(found["scale_pos_weight"]) == 1.0
-    assert len(config.feature_names()) == config.n_features == 4 * 4 + 1
+    assert len(config.feature_names()) == config.n_features == 2 * (4 * 4 + 1)
 
 
 def test_supervised_study_tables_and_cached_base_outputs(synthetic_mvtec, tmp_path):

@@ -76,9 +76,9 @@ def train(
         help="supervised models (segad): move N anomalous test images per defect type into training (seeded, "
         "never scored); train/<defect>/ folders are used as well",
     ),
-    bases: str = typer.Option(None, "--bases", help="segad: comma list of base detectors (default patchcore)"),
+    bases: str = typer.Option(None, "--bases", help="segad: comma list of base detectors (default patchcore,padim)"),
     segmentation: str = typer.Option(
-        None, "--segmentation", help="segad: kmeans (default), single, grid, or labels (with --label-map)"
+        None, "--segmentation", help="segad: grid (2x2, default), kmeans, single, or labels (with --label-map)"
     ),
     label_map: Path = typer.Option(None, "--label-map", help="segad: PNG whose gray values are the segments"),
     json_out: bool = typer.Option(False, "--json", help="print the run folder and its metrics as JSON at the end"),
