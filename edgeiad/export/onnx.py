@@ -75,11 +75,20 @@ def export_onnx(model, path: Path, batch: dict, stats_mode: str, stats_dtype: st
 
 
 def backbone_node_names(graph) -> list[str]:
-    """Names of the nodes that came from `feature_extractor` (the dynamo exporter records module scopes)."""
+    """Names of the nodes that came from a `feature_extractor` module, the model's own or a wrapped base
+    detector's (`bases.0.feature_extractor`): the dynamo exporter records module scopes."""
+    import ast
+
     names = []
     for node in graph.node:
         for prop in node.metadata_props:
-            if prop.key == "pkg.torch.onnx.name_scopes" and "'feature_extractor'" in prop.value:
+            if prop.key != "pkg.torch.onnx.name_scopes":
+                continue
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                continue
+            if any(s == "feature_extractor" or str(s).endswith(".feature_extractor") for s in scopes):
                 names.append(node.name)
                 break
     return names

@@ -283,6 +283,15 @@ class SegadModel(nn.Module):
         outputs = [base(image) for base in self.bases]
         return outputs[0][0], self.score(self.features(image, outputs), outputs[0][1])
 
+    def embed(self, image):
+        """The bases' backbone features side by side (what bench times as the backbone-only reference)."""
+        missing = [name for name, base in zip(self.config.bases, self.bases) if not hasattr(base, "embed")]
+        if missing:
+            raise ConfigError(f"segad bases {missing} have no embedding to time alone: bench them on their own")
+        features = [base.embed(image) for base in self.bases]
+        size = features[0].shape[-2:]
+        return torch.cat([F.interpolate(f, size=size, mode="nearest") for f in features], dim=1)
+
     @torch.no_grad()
     def base_outputs(self, image):
         """Each base's eager (map, score), with its bounded-memory scoring."""
