@@ -144,6 +144,22 @@ def test_supervised_run_records_its_defects_and_export_never_scores_them(synthet
     kinds = {init.name: init.data_type for init in graph.initializer}
     assert kinds["tree_thresholds"] == kinds["tree_leaves"] == onnx.TensorProto.FLOAT  # split points stay exact
     assert {node.domain for node in graph.node} <= {"", "ai.onnx"}  # no ONNX-ML operators
+    scopes = [p.value for node in graph.node for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"]
+    assert any("'bases.0.feature_extractor'" in scope for scope in scopes)
+    assert not any("'bases.1.feature_extractor'" in scope for scope in scopes)  # PaDiM reuses PatchCore's pass
+
+
+def test_bases_on_one_backbone_share_its_pass_with_identical_results(trained_runs):
+    from edgeiad.runs import load_model
+
+    _record, model = load_model(trained_runs["segad"])
+    assert model.shared_backbone
+    image = torch.randn(2, 3, SYNTH_SIZE, SYNTH_SIZE)
+    with torch.no_grad():
+        shared = model.infer(image)
+        model.shared_backbone = False
+        separate = model.infer(image)
+    torch.testing.assert_close(shared, separate, rtol=0, atol=0)
 
 
 def test_labelled_defects_are_refused_for_one_class_models(synthetic_mvtec, tmp_path, capsys):

@@ -77,18 +77,20 @@ class PadimModel(MapScoring, nn.Module):
         """Feature-map size: the finest chosen block is at stride 8."""
         return self.image_size[0] // 8, self.image_size[1] // 8
 
-    def embed(self, image):
-        """Random channel subset of the multi-scale features, N×d×h×w."""
-        features = aggregate_features(self.feature_extractor(image), local_pool=False, mode="nearest")
-        return features.index_select(1, self.channel_index)
+    accepts_features = True  # forward/infer take the backbone's outputs from a wrapper that computed them (segad)
 
-    def forward(self, image, mean=None, inv_covariance=None):
+    def embed(self, image, features=None):
+        """Random channel subset of the multi-scale features, N×d×h×w (from `features` when given)."""
+        features = self.feature_extractor(image) if features is None else features
+        return aggregate_features(features, local_pool=False, mode="nearest").index_select(1, self.channel_index)
+
+    def forward(self, image, mean=None, inv_covariance=None, features=None):
         mean = self.mean if mean is None else mean
         inv_covariance = self.inv_covariance if inv_covariance is None else inv_covariance
-        scores = mahalanobis_distances(self.embed(image), mean, inv_covariance)
+        scores = mahalanobis_distances(self.embed(image, features), mean, inv_covariance)
         return self.to_map(scores)
 
     @torch.no_grad()
-    def infer(self, image):
+    def infer(self, image, features=None):
         """Eager scoring for evaluation (PaDiM's memory is bounded already)."""
-        return self.forward(image)
+        return self.forward(image, features=features)

@@ -63,25 +63,27 @@ class PatchCoreModel(MapScoring, nn.Module):
         self.register_buffer("memory_bank", torch.zeros(max(config.bank_size, 1), feature_dim))
         self.blur = GaussianBlur(config.sigma)
 
-    def embed(self, image):
-        """Locally aware patch features, N×D×h×w at the finest chosen stride."""
-        return aggregate_features(self.feature_extractor(image), local_pool=True)
+    accepts_features = True  # forward/infer take the backbone's outputs from a wrapper that computed them (segad)
+
+    def embed(self, image, features=None):
+        """Locally aware patch features, N×D×h×w at the finest chosen stride (from `features` when given)."""
+        return aggregate_features(self.feature_extractor(image) if features is None else features, local_pool=True)
 
     def patch_scores(self, embedding, memory_bank):
         """Nearest-neighbour distance of every patch to the bank, N×1×h×w."""
         return nearest_distances(embedding, memory_bank)
 
-    def forward(self, image, memory_bank=None):
+    def forward(self, image, memory_bank=None, features=None):
         bank = self.memory_bank if memory_bank is None else memory_bank
-        scores = self.patch_scores(self.embed(image), bank)
+        scores = self.patch_scores(self.embed(image, features), bank)
         return self.to_map(scores)
 
     @torch.no_grad()
-    def infer(self, image):
+    def infer(self, image, features=None):
         """Eager scoring with bounded memory (chunked search); same result as forward, for evaluation."""
         from .._ops import chunked_min_euclidean
 
-        embedding = self.embed(image)
+        embedding = self.embed(image, features)
         batch, dim, height, width = embedding.shape
         queries = embedding.permute(0, 2, 3, 1).reshape(-1, dim)
         distances, _ = chunked_min_euclidean(queries, self.memory_bank.to(queries.dtype))

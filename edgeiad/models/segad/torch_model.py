@@ -193,6 +193,10 @@ class SegadModel(nn.Module):
         for base in self.bases:
             if tuple(base.image_size) != self.image_size:
                 raise ConfigError(f"segad base input {base.image_size} differs from {self.image_size}: re-train")
+        # Bases on the same backbone blocks (PatchCore and PaDiM at their defaults) share one backbone pass: at
+        # 384 px that halves the graph (one Lite0 pass instead of two).
+        signatures = {(b.config.backbone, tuple(b.config.resolved_layers())) for b in self.bases}
+        self.shared_backbone = len(signatures) == 1 and all(getattr(b, "accepts_features", False) for b in self.bases)
         grid = (self.image_size[0] // config.pool, self.image_size[1] // config.pool)
         self.register_buffer("segment_labels", torch.zeros(grid, dtype=torch.long))
         if config.segmentation == "kmeans":
@@ -279,8 +283,15 @@ class SegadModel(nn.Module):
         margin = tree_margin(features, self.tree_features, self.tree_thresholds, self.tree_leaves, self.tree_base)
         return margin + self.prior_margin(base_score) if self.config.prior_weight else margin
 
+    def _run_bases(self, image, eager: bool):
+        call = (lambda base, **kw: base.infer(image, **kw)) if eager else (lambda base, **kw: base(image, **kw))
+        if not self.shared_backbone:
+            return [call(base) for base in self.bases]
+        features = self.bases[0].feature_extractor(image)
+        return [call(base, features=features) for base in self.bases]
+
     def forward(self, image):
-        outputs = [base(image) for base in self.bases]
+        outputs = self._run_bases(image, eager=False)
         return outputs[0][0], self.score(self.features(image, outputs), outputs[0][1])
 
     def embed(self, image):
@@ -288,14 +299,18 @@ class SegadModel(nn.Module):
         missing = [name for name, base in zip(self.config.bases, self.bases) if not hasattr(base, "embed")]
         if missing:
             raise ConfigError(f"segad bases {missing} have no embedding to time alone: bench them on their own")
-        features = [base.embed(image) for base in self.bases]
+        if self.shared_backbone:
+            shared = self.bases[0].feature_extractor(image)
+            features = [base.embed(image, shared) for base in self.bases]
+        else:
+            features = [base.embed(image) for base in self.bases]
         size = features[0].shape[-2:]
         return torch.cat([F.interpolate(f, size=size, mode="nearest") for f in features], dim=1)
 
     @torch.no_grad()
     def base_outputs(self, image):
         """Each base's eager (map, score), with its bounded-memory scoring."""
-        return [base.infer(image) for base in self.bases]
+        return self._run_bases(image, eager=True)
 
     @torch.no_grad()
     def infer(self, image):
