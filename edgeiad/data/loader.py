@@ -99,31 +99,35 @@ def without_labelled(dataset: Dataset, paths) -> Dataset:
     )
 
 
-def take_labelled_defects(dataset: Dataset, per_type: int, seed: int = 0, types=None) -> Dataset:
+def labelled_indices(labels, defect_types, per_type: int, seed: int = 0) -> list[int]:
+    """Seeded indices of `per_type` anomalous images of each defect type, never more than half of a type."""
+    rng = np.random.default_rng(seed)
+    anomalous = [i for i, label in enumerate(labels) if label != 0]
+    chosen: list[int] = []
+    for defect in sorted({defect_types[i] for i in anomalous}):
+        members = [i for i in anomalous if defect_types[i] == defect]
+        take = min(per_type, len(members) // 2)
+        chosen += rng.choice(members, size=take, replace=False).tolist() if take else []
+    return sorted(chosen)
+
+
+def take_labelled_defects(dataset: Dataset, per_type: int, seed: int = 0) -> Dataset:
     """A copy of `dataset` with `per_type` anomalous test images of each defect type moved into train_anomalous.
 
-    Seeded; a type never gives more than half its test images, so every type stays in the test set. `types`
-    limits which defect types give images (the unseen-type experiment holds the others out). Moved images are
-    gone from `test`, so thresholds, metrics and parity never see them.
+    Seeded; a type never gives more than half its test images, so every type stays in the test set. Moved images
+    are gone from `test`, so thresholds, metrics and parity never see them.
     """
     if per_type < 0:
         raise ConfigError(f"--labelled-defects {per_type} is invalid: use 0 or a positive count per defect type")
     if per_type == 0:
         return dataset
-    rng = np.random.default_rng(seed)
-    anomalous = [i for i, s in enumerate(dataset.test) if s.label != 0]
-    if not anomalous:
+    if not any(s.label != 0 for s in dataset.test):
         raise DataError(
             f"--labelled-defects {per_type}: dataset {dataset.name} has no anomalous test images to take; add "
             "train/<defect>/ folders of labelled defective images instead"
         )
-    chosen: set[int] = set()
-    for defect in sorted({dataset.test[i].defect_type for i in anomalous}):
-        if types is not None and defect not in types:
-            continue
-        members = [i for i in anomalous if dataset.test[i].defect_type == defect]
-        take = min(per_type, len(members) // 2)
-        chosen.update(rng.choice(members, size=take, replace=False).tolist() if take else [])
+    labels, types = [s.label for s in dataset.test], [s.defect_type for s in dataset.test]
+    chosen = set(labelled_indices(labels, types, per_type, seed))
     moved = [dataset.test[i] for i in sorted(chosen)]
     return Dataset(
         name=dataset.name,

@@ -310,14 +310,12 @@ def _experiments(cache: dict, bases, seeds, shots) -> dict:
 
 
 def _labelled(anomalous: np.ndarray, types: list[str], shot: int, seed: int) -> np.ndarray:
-    """`shot` anomalous test indices per defect type (at most half of each), seeded: take_labelled_defects' rule."""
-    rng = np.random.default_rng(seed)
-    chosen: list[int] = []
-    for defect in sorted({types[i] for i in anomalous}):
-        members = [i for i in anomalous if types[i] == defect]
-        take = min(shot, len(members) // 2)
-        chosen += rng.choice(members, size=take, replace=False).tolist() if take else []
-    return np.array(sorted(chosen), dtype=int)
+    """`shot` anomalous test indices per defect type, seeded: the rule `--labelled-defects` applies."""
+    from ..data.loader import labelled_indices
+
+    labels = np.zeros(len(types), dtype=int)
+    labels[anomalous] = 1
+    return np.array(labelled_indices(labels, types, shot, seed), dtype=int)
 
 
 def _trees(cache: dict, features: dict, name: str, config, chosen, shot: int, rows) -> np.ndarray:
