@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -89,14 +89,8 @@ def without_labelled(dataset: Dataset, paths) -> Dataset:
     moved = [s for s in dataset.test if s.path in wanted and s.path not in known]
     if not moved:
         return dataset
-    return Dataset(
-        name=dataset.name,
-        root=dataset.root,
-        train=dataset.train,
-        test=[s for s in dataset.test if s.path not in wanted],
-        has_masks=dataset.has_masks,
-        train_anomalous=[*dataset.train_anomalous, *moved],
-    )
+    test = [s for s in dataset.test if s.path not in wanted]
+    return replace(dataset, test=test, train_anomalous=[*dataset.train_anomalous, *moved])
 
 
 def labelled_indices(labels, defect_types, per_type: int, seed: int = 0) -> list[int]:
@@ -129,14 +123,8 @@ def take_labelled_defects(dataset: Dataset, per_type: int, seed: int = 0) -> Dat
     labels, types = [s.label for s in dataset.test], [s.defect_type for s in dataset.test]
     chosen = set(labelled_indices(labels, types, per_type, seed))
     moved = [dataset.test[i] for i in sorted(chosen)]
-    return Dataset(
-        name=dataset.name,
-        root=dataset.root,
-        train=dataset.train,
-        test=[s for i, s in enumerate(dataset.test) if i not in chosen],
-        has_masks=dataset.has_masks,
-        train_anomalous=[*dataset.train_anomalous, *moved],
-    )
+    test = [s for i, s in enumerate(dataset.test) if i not in chosen]
+    return replace(dataset, test=test, train_anomalous=[*dataset.train_anomalous, *moved])
 
 
 def check_min_images(dataset: Dataset, n_required: int, model: str) -> None:
