@@ -26,6 +26,8 @@ PARITY_TOLERANCE = 1e-3  # |graph margin − xgboost margin|, relative to the ma
 def fit_segad(config: SegadConfig, batches: Iterable, device: str = "cpu", progress=None, anomalous=None):
     """Return (fitted SegadModel on the CPU, info). `anomalous`: batches of labelled defective images, or None."""
     watch = Stopwatch()
+    if config.segmentation == "labels":
+        _label_values(config)  # an unreadable label map fails now, not after the base detectors' fit
     images = _stack(batches)
     base_rows, stage_rows = split_good(len(images), config)
     with watch.time("bases_s"):
