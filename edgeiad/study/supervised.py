@@ -183,12 +183,12 @@ def _score(model, batches) -> Scored:
     with torch.no_grad():
         for array, _ in batches:
             batch = torch.from_numpy(np.ascontiguousarray(array))
-            outputs = model.base_outputs(batch)
+            features = model.bases[0].feature_extractor(batch)  # also the classifier's input: one backbone pass
+            outputs = model.base_outputs(batch, features)
             maps = torch.cat([m for m, _ in outputs], dim=1)
             scored.pooled.append(torch.nn.functional.avg_pool2d(maps, model.config.pool))
             scored.clusters.append(model.segments_of(batch))
             scored.scores.append(torch.stack([s for _, s in outputs], dim=1).numpy())
-            features = model.bases[0].feature_extractor(batch)
             scored.pooled_features.append(
                 torch.cat([torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1) for f in features], 1).numpy()
             )

@@ -283,11 +283,12 @@ class SegadModel(nn.Module):
         margin = tree_margin(features, self.tree_features, self.tree_thresholds, self.tree_leaves, self.tree_base)
         return margin + self.prior_margin(base_score) if self.config.prior_weight else margin
 
-    def _run_bases(self, image, eager: bool):
+    def _run_bases(self, image, eager: bool, features=None):
+        """Each base's (map, score); with a shared backbone its pass runs once (or `features` is that pass)."""
         call = (lambda base, **kw: base.infer(image, **kw)) if eager else (lambda base, **kw: base(image, **kw))
         if not self.shared_backbone:
             return [call(base) for base in self.bases]
-        features = self.bases[0].feature_extractor(image)
+        features = self.bases[0].feature_extractor(image) if features is None else features
         return [call(base, features=features) for base in self.bases]
 
     def forward(self, image):
@@ -308,9 +309,10 @@ class SegadModel(nn.Module):
         return torch.cat([F.interpolate(f, size=size, mode="nearest") for f in features], dim=1)
 
     @torch.no_grad()
-    def base_outputs(self, image):
-        """Each base's eager (map, score), with its bounded-memory scoring."""
-        return self._run_bases(image, eager=True)
+    def base_outputs(self, image, features=None):
+        """Each base's eager (map, score), with its bounded-memory scoring; `features`: the first base's backbone
+        outputs for this image when the caller has them already (used only when the backbone is shared)."""
+        return self._run_bases(image, eager=True, features=features)
 
     @torch.no_grad()
     def infer(self, image):
