@@ -20,10 +20,22 @@ from .data import (
     read_batches,
     take_labelled_defects,
 )
-from .errors import ConfigError, DataError, require_torch
+from .errors import ArtifactError, ConfigError, DataError, require_torch
 from .models import MODELS, get_model
 from .progress import progress_callback
-from .runs import StagingDir, load_model, new_run_dir, read_json, run_dataset, save_model, versions, write_json
+from .runs import (
+    StagingDir,
+    load_model,
+    load_running,
+    new_run_dir,
+    read_json,
+    run_dataset,
+    run_model_name,
+    save_model,
+    save_running,
+    versions,
+    write_json,
+)
 
 OVERLAYS_PER_GROUP = 3
 
@@ -264,8 +276,74 @@ def train(
     log(f"fit done in {fit_info['fit_s']:.1f} s: {fit_info}")
     with StagingDir(target) as staging:
         save_model(model, staging)
+        save_running(model, staging)
         results = _evaluate_into(staging, model, config, dataset, device, progress, log, threshold_options)
         write_json(staging / "config.json", _config_record(config, dataset, device, fit_info))
+        write_json(staging / "metrics.json", results["metrics"])
+        write_json(staging / "thresholds.json", results["thresholds"])
+        (staging / "train.log").write_text("\n".join(log.lines) + "\n")
+    return target
+
+
+def update(
+    run: Path,
+    data: str | Path | Dataset,
+    out: Path | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    echo=None,
+    threshold_options: dict | None = None,
+) -> Path:
+    """Add the good images of `data` to a fitted run without its earlier images; write a new run folder.
+
+    PaDiM and N-pad statistics are updated exactly from running sums; PatchCore's bank is re-selected from the
+    current bank and the new patches. The new run is evaluated (and its thresholds fitted) on `data`'s test set;
+    the earlier run is left as it was, so an update can be rolled back by deploying the earlier run again.
+    """
+    from .models._fitting import resolve_device, seed_everything
+    from .models.backbones import weights_sha256
+
+    run = Path(run)
+    record, model = load_model(run)
+    spec = get_model(run_model_name(record, run))
+    updater = spec.update()
+    if updater is None:
+        updatable = ", ".join(name for name, s in MODELS.items() if s.update_function)
+        raise ConfigError(
+            f"{spec.name} learns its weights and cannot add images without its earlier ones: retrain it on the old "
+            f"and new good images with edgeiad train (edgeiad update works for {updatable})"
+        )
+    running = load_running(run, spec._attr("fit", "RUNNING"))
+    config = model.config
+    if record.get("backbone_weights_sha256") not in (None, weights_sha256(config.backbone)):
+        raise ArtifactError(
+            f"the installed {config.backbone} weights differ from those {run} was fitted with: features would not "
+            "match the statistics; reinstall the weight package the run used, or retrain"
+        )
+    device = resolve_device(device)
+    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    check_min_images(dataset, 1, spec.name)
+    target = new_run_dir(Path(out) if out else None, spec.name, dataset.name)
+    log = RunLog(echo)
+    seen = record.get("data", {})
+    log(f"updating {spec.name} run {run} (fitted on {seen.get('name')}) with {len(dataset.train)} good images "
+        f"of {dataset.name}, device {device}")  # fmt: skip
+    seed_everything(config.seed)
+    started = time.perf_counter()
+    batches = iter_batches(dataset.train, config.preprocessing(), progress="embedding new images" if progress else None)
+    with progress_callback(spec.fit_label, progress) as callback:
+        model, info = updater(config, model, running, batches, device=device, progress=callback)
+    info["fit_s"] = round(time.perf_counter() - started, 3)
+    log(f"update done in {info['fit_s']:.1f} s: {info}")
+    updates = [*record.get("updates", []), {"from_run": str(run), "data": dataset.summary(), "fit": info}]
+    with StagingDir(target) as staging:
+        save_model(model, staging)
+        save_running(model, staging)
+        results = _evaluate_into(staging, model, config, dataset, device, progress, log, threshold_options)
+        document = _config_record(config, dataset, device, record.get("fit", {}))
+        document["updates"] = updates
+        document["data_history"] = [*record.get("data_history", []), seen]
+        write_json(staging / "config.json", document)
         write_json(staging / "metrics.json", results["metrics"])
         write_json(staging / "thresholds.json", results["thresholds"])
         (staging / "train.log").write_text("\n".join(log.lines) + "\n")

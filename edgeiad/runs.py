@@ -250,6 +250,42 @@ def save_model(model, folder: Path) -> None:
     save_file(state, str(folder / "weights.safetensors"), metadata={"model": model.config.model})
 
 
+RUNNING_FILE = "running.safetensors"
+
+
+def save_running(model, folder: Path) -> None:
+    """The running sums `edgeiad update` extends (float64), when the model keeps them (PatchCore, PaDiM, N-pad)."""
+    from safetensors.torch import save_file
+
+    running = getattr(model, "running", None)
+    if running:
+        tensors = {name: value.detach().cpu().contiguous() for name, value in running.items()}
+        save_file(tensors, str(folder / RUNNING_FILE), metadata={"model": model.config.model})
+
+
+def load_running(run: Path, expected: tuple[str, ...]) -> dict:
+    """A run's running sums, checked for the names its model's update needs."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(run) / RUNNING_FILE
+    if not path.is_file():
+        raise ArtifactError(
+            f"{path} is missing: this run cannot be updated (trained by an older edgeiad, or copied without it); "
+            "retrain on the old and new good images with edgeiad train"
+        )
+    try:
+        running = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(
+            f"{path} is corrupt ({exc}): retrain on the old and new images with edgeiad train"
+        ) from None
+    missing = sorted(set(expected) - set(running))
+    if missing:
+        raise ArtifactError(f"{path} lacks {', '.join(missing)}: the run folder is mismatched, retrain it")
+    return running
+
+
 def load_model(run: Path):
     """Rebuild (config, model) from a run folder; the backbone comes from its PyPI weight package."""
     from safetensors import SafetensorError

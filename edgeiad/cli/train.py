@@ -81,6 +81,12 @@ def train(
         None, "--segmentation", help="segad: grid (2x2, default), kmeans, single, or labels (with --label-map)"
     ),
     label_map: Path = typer.Option(None, "--label-map", help="segad: PNG whose gray values are the segments"),
+    noise_robust: float = typer.Option(
+        None,
+        "--noise-robust",
+        help="the share of training images that may be defective (e.g. 0.1): patchcore drops that share of its "
+        "most outlying training patches, padim trims it from each Gaussian",
+    ),
     json_out: bool = typer.Option(False, "--json", help="print the run folder and its metrics as JSON at the end"),
 ) -> None:
     """Fit MODEL on the good images of --data, fit thresholds on a validation split, evaluate on the rest."""
@@ -101,6 +107,11 @@ def train(
         if model.lower() != "patchcore":
             raise typer.BadParameter("--coreset-ratio applies to patchcore only")
         overrides["coreset_ratio"] = coreset_ratio
+    if noise_robust is not None:
+        knob = NOISE_ROBUST.get(model.lower())
+        if knob is None:
+            raise typer.BadParameter(f"--noise-robust applies to {', '.join(NOISE_ROBUST)}, not {model}")
+        overrides[knob] = noise_robust
     segad_options = {"bases": bases, "segmentation": segmentation, "label_map": label_map}
     if any(value is not None for value in segad_options.values()):
         if model.lower() != "segad":
@@ -129,6 +140,51 @@ def train(
         print(json.dumps({"run": str(run), "metrics": metrics}, indent=2))
     else:
         print_run_summary(run, metrics)
+
+
+NOISE_ROBUST = {"patchcore": "denoise", "padim": "trim"}  # the config field `--noise-robust` sets per model
+
+
+@app.command(
+    epilog=examples(
+        "edgeiad update runs/padim/parts/20261201-101500 --data path/to/new_good_images",
+        "edgeiad update runs/patchcore/parts/20261201-101500 --data path/to/mvtec_folder --out runs/patchcore-v2",
+    )
+)
+def update(
+    run: Path = typer.Argument(..., help="run folder to extend (patchcore, padim or npad); it is left unchanged"),
+    data: str = typer.Option(..., "--data", help="new good images: a folder of them, or an MVTec-layout folder"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    out: Path = typer.Option(None, help="new run folder (default runs/<model>/<data>/<timestamp>)"),
+    val_anomalous: int = typer.Option(
+        5, "--val-anomalous", help="anomalous test images per defect type to fit thresholds on"
+    ),
+    json_out: bool = typer.Option(False, "--json", help="print the new run folder and its metrics as JSON"),
+) -> None:
+    """Add new good images to a fitted run without its earlier images, into a new run folder.
+
+    PaDiM and N-pad statistics are updated exactly (running sums kept beside the weights), so the result equals a
+    fit on the old and new images together; PatchCore's memory bank is re-selected from its current rows and the
+    new patches, sized for all patches seen (capped by max_bank). Thresholds are re-fitted on --data's test set
+    when it has one. Export the new run like any other.
+    """
+    from ..engine import update as run_update
+
+    new_run = run_update(
+        run,
+        data,
+        out=out,
+        device=device,
+        echo=lambda message: (err_console if json_out else console).print(
+            message, markup=False, highlight=False, soft_wrap=True
+        ),
+        threshold_options={"val_anomalous": val_anomalous},
+    )
+    metrics = read_json(new_run / "metrics.json")
+    if json_out:
+        print(json.dumps({"run": str(new_run), "metrics": metrics}, indent=2))
+    else:
+        print_run_summary(new_run, metrics)
 
 
 def print_run_summary(run: Path, metrics: dict) -> None:

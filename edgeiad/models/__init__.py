@@ -26,6 +26,9 @@ class ModelSpec:
     fit_label: str = "fitting"  # the progress bar's label while `fit` runs
     # Also trains on labelled defective images (`fit(..., anomalous=batches)`): the dataset's train_anomalous.
     supervised: bool = False
+    # `edgeiad update` adds good images to a fitted run: update(config, model, running, batches, device,
+    # progress) -> (model, info); "" = the model learns weights and is retrained on old and new images instead.
+    update_function: str = ""
 
     def _attr(self, submodule: str, name: str):
         return getattr(importlib.import_module(f"edgeiad.models.{self.module}.{submodule}"), name)
@@ -38,6 +41,9 @@ class ModelSpec:
 
     def fit(self) -> Callable:
         return self._attr("fit", self.fit_function)
+
+    def update(self) -> Callable | None:
+        return self._attr("fit", self.update_function) if self.update_function else None
 
     def make_config(self, **overrides):
         """Default config with the given non-None overrides applied."""
@@ -84,6 +90,7 @@ register_model(
         config_class="PatchCoreConfig",
         model_class="PatchCoreModel",
         fit_function="fit_patchcore",
+        update_function="update_patchcore",
         min_train_images=1,
         fit_label="selecting memory bank",
     )
@@ -97,6 +104,7 @@ register_model(
         config_class="PadimConfig",
         model_class="PadimModel",
         fit_function="fit_padim",
+        update_function="update_padim",
         min_train_images=2,
         fit_label="estimating Gaussians",
     )
@@ -124,6 +132,7 @@ register_model(
         config_class="NpadConfig",
         model_class="NpadModel",
         fit_function="fit_npad",
+        update_function="update_npad",
         min_train_images=2,
         fit_label="estimating distributions",
     )

@@ -10,6 +10,7 @@ from ...errors import require_torch
 from .._fitting import Stopwatch, collect_embeddings
 from .._ops import aggregate_features, chunked_min_euclidean
 from ..backbones import FeatureExtractor
+from ..padim.fit import gaussian_from_moments, moments
 from .torch_model import NpadConfig, NpadModel, inside, offsets, shift_index
 
 torch = require_torch()
@@ -25,11 +26,7 @@ def select_channels(features, count: int):
 
 def gaussian(samples, regularization: float):
     """Per-position mean and regularised precision from P×N×d samples."""
-    mean = samples.mean(dim=1)
-    centred = samples - mean.unsqueeze(1)
-    covariance = centred.transpose(1, 2) @ centred / max(samples.shape[1] - 1, 1)
-    covariance += regularization * torch.eye(samples.shape[2], dtype=samples.dtype)
-    return mean, torch.linalg.inv(covariance)
+    return gaussian_from_moments(*moments(samples), regularization)
 
 
 def similarity_weights(mean, precision, radius: int, balance: float, height: int, width: int):
@@ -55,20 +52,21 @@ def similarity_weights(mean, precision, radius: int, balance: float, height: int
     return torch.stack(weights)
 
 
-def weighted_gaussian(samples, weights, radius: int, regularization: float, height: int, width: int):
-    """Mean and precision at each p from the features of p's neighbours over all images, weighted by similarity."""
-    positions, count, dim = samples.shape
-    total = torch.zeros(positions, dtype=samples.dtype)
-    first = torch.zeros(positions, dim, dtype=samples.dtype)
-    second = torch.zeros(positions, dim, dim, dtype=samples.dtype)
+def weighted_gaussian(count, total, outer, weights, radius: int, regularization: float, height: int, width: int):
+    """Mean and precision at each p from the features of p's neighbours over all images, weighted by similarity,
+    from the per-position running sums (count P, sum P×d, outer-product sum P×d×d) of the plain features."""
+    dim = total.shape[1]
+    weight_sum = torch.zeros_like(count)
+    first = torch.zeros_like(total)
+    second = torch.zeros_like(outer)
     for weight, (dy, dx) in zip(weights, offsets(radius)):
-        neighbour = samples[shift_index(height, width, dy, dx)]  # P×N×d
-        total += weight * count
-        first += weight.unsqueeze(1) * neighbour.sum(dim=1)
-        second += weight.view(-1, 1, 1) * (neighbour.transpose(1, 2) @ neighbour)
-    mean = first / total.unsqueeze(1)
-    covariance = second / total.view(-1, 1, 1) - mean.unsqueeze(2) * mean.unsqueeze(1)
-    covariance += regularization * torch.eye(dim, dtype=samples.dtype)
+        neighbour = shift_index(height, width, dy, dx)
+        weight_sum += weight * count[neighbour]
+        first += weight.unsqueeze(1) * total[neighbour]
+        second += weight.view(-1, 1, 1) * outer[neighbour]
+    mean = first / weight_sum.unsqueeze(1)
+    covariance = second / weight_sum.view(-1, 1, 1) - mean.unsqueeze(2) * mean.unsqueeze(1)
+    covariance += regularization * torch.eye(dim, dtype=total.dtype)
     return mean, torch.linalg.inv(covariance)
 
 
@@ -85,41 +83,91 @@ def kmeans(points, k: int, iterations: int, seed: int):
     return centres
 
 
+RUNNING = ("count", "sum", "outer", "agg_count", "agg_sum", "agg_outer", "n_points")
+
+
 def fit_npad(config: NpadConfig, batches: Iterable, device: str = "cpu", progress=None):
-    """Return (fitted NpadModel on the CPU, info dict with timings and sizes)."""
+    """Return (fitted NpadModel on the CPU, info dict with timings and sizes); `model.running` holds the running
+    sums `edgeiad update` extends."""
     watch = Stopwatch()
     extractor = FeatureExtractor(config.backbone, config.resolved_layers(), tuple(config.image_size)).to(device)
     with watch.time("embedding_s"):
         features = collect_embeddings(lambda image: aggregate_features(extractor(image), False), batches, device)
     channels = select_channels(features, config.n_features)
     embedding = features.index_select(1, channels).double()
-    count, dim, height, width = embedding.shape
-    samples = embedding.reshape(count, dim, height * width).permute(2, 0, 1).contiguous()  # P×N×d
+    del features
     with watch.time("gaussians_s"):
-        mean, precision = gaussian(samples, config.regularization)
-        weights = similarity_weights(mean, precision, config.train_radius, config.balance, height, width)
-        mean_a, precision_a = weighted_gaussian(
-            samples, weights, config.train_radius, config.regularization, height, width
-        )
-        size = 2 * config.train_radius + 1
-        pooled = torch.nn.functional.avg_pool2d(
-            embedding, size, stride=1, padding=config.train_radius, count_include_pad=False
-        )
-        aggregated = pooled.reshape(count, dim, height * width).permute(2, 0, 1).contiguous()
-        mean_b, precision_b = gaussian(aggregated, config.regularization)
+        running, points = _running_sums(embedding, config)
     if progress is not None:
         progress(1, 2)
     with watch.time("kmeans_s"):
-        points = aggregated.permute(1, 0, 2).reshape(-1, dim).float()
         k = max(1, math.ceil(points.shape[0] * config.centroid_ratio))
         centroids = kmeans(points, k, config.kmeans_iterations, config.seed)
     if progress is not None:
         progress(2, 2)
-    config.n_centroids = k
+    model, weight = _install(config, channels, running, centroids, embedding.shape[-2:])
+    info = {"n_samples": int(embedding.shape[0]), "n_centroids": k, "mean_similarity_weight": weight, **watch.timings}
+    return model, info
+
+
+def update_npad(config: NpadConfig, model, running: dict, batches: Iterable, device="cpu", progress=None):
+    """Add new good images exactly: the Gaussians come from the running sums of all images seen (the channels
+    chosen at the first fit are kept), and the new images' k-means centroids join the earlier ones (their count
+    follows `centroid_ratio` of the new points). Returns (model, info)."""
+    watch = Stopwatch()
+    model = model.to(device)
+    with watch.time("embedding_s"):
+        embedding = collect_embeddings(model.embed, batches, device).double()
+    with watch.time("gaussians_s"):
+        added, points = _running_sums(embedding, config)
+        running = {name: running[name].double() + added[name] for name in RUNNING}
+    with watch.time("kmeans_s"):
+        k = max(1, math.ceil(points.shape[0] * config.centroid_ratio))
+        centroids = torch.cat(
+            [model.centroids.detach().cpu(), kmeans(points, k, config.kmeans_iterations, config.seed)]
+        )
+    if progress is not None:
+        progress(1, 1)
+    channels = model.channel_index.detach().cpu()
+    model, _ = _install(config, channels, running, centroids, embedding.shape[-2:])
+    info = {"n_samples_added": int(embedding.shape[0]), "n_centroids": int(centroids.shape[0]), **watch.timings}
+    return model, info
+
+
+def _running_sums(embedding, config: NpadConfig):
+    """Running sums of the plain and the aggregated (neighbourhood-averaged) features of N×d×h×w embeddings,
+    and the aggregated features as points for k-means."""
+    count, dim, height, width = embedding.shape
+    samples = embedding.reshape(count, dim, height * width).permute(2, 0, 1).contiguous()  # P×N×d
+    size = 2 * config.train_radius + 1
+    pooled = torch.nn.functional.avg_pool2d(
+        embedding, size, stride=1, padding=config.train_radius, count_include_pad=False
+    )
+    aggregated = pooled.reshape(count, dim, height * width).permute(2, 0, 1).contiguous()
+    plain, agg = moments(samples), moments(aggregated)
+    values = (*plain, *agg, torch.tensor([float(count * height * width)], dtype=torch.float64))
+    points = aggregated.permute(1, 0, 2).reshape(-1, dim).float()
+    return dict(zip(RUNNING, values)), points
+
+
+def _install(config: NpadConfig, channels, running: dict, centroids, grid):
+    """Statistics from the running sums into a new NpadModel (config.n_centroids set); returns it and the mean
+    neighbour similarity weight."""
+    height, width = grid
+    mean, precision = gaussian_from_moments(running["count"], running["sum"], running["outer"], config.regularization)
+    weights = similarity_weights(mean, precision, config.train_radius, config.balance, height, width)
+    mean_a, precision_a = weighted_gaussian(
+        running["count"], running["sum"], running["outer"], weights, config.train_radius, config.regularization,
+        height, width,
+    )  # fmt: skip
+    mean_b, precision_b = gaussian_from_moments(
+        running["agg_count"], running["agg_sum"], running["agg_outer"], config.regularization
+    )
+    config.n_centroids = int(centroids.shape[0])
     model = NpadModel(config)
     model.channel_index.copy_(channels)
     for name, value in (("mean_a", mean_a), ("precision_a", precision_a), ("mean_b", mean_b),
                         ("precision_b", precision_b), ("centroids", centroids)):  # fmt: skip
         getattr(model, name).copy_(value.float())
-    info = {"n_samples": count, "n_centroids": k, "mean_similarity_weight": float(weights[1:].mean()), **watch.timings}
-    return model.eval(), info
+    model.running = running
+    return model.eval(), float(weights[1:].mean())

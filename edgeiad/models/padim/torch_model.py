@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ...errors import ConfigError, require_torch
 from .._ops import GaussianBlur, MapScoring, aggregate_features
+from .._robust import check_fraction
 from ..backbones import FeatureExtractor
 from ..config import FeatureBankConfig
 
@@ -20,10 +21,14 @@ class PadimConfig(FeatureBankConfig):
     model: str = "padim"
     n_features: int = 100
     regularization: float = 0.01  # added to the covariance diagonal so it stays invertible
+    # Trimmed Gaussian for training folders with some defective parts: per position, the share of training
+    # samples farthest from the first fit that the second fit leaves out (0 = off; see models/_robust.py).
+    trim: float = 0.0
 
     def validate(self) -> None:
         super().validate()
         check_n_features(self.n_features)
+        check_fraction("trim", self.trim)
 
 
 def check_n_features(count: int) -> None:

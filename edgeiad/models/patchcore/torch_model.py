@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ...errors import ConfigError, require_torch
 from .._ops import GaussianBlur, MapScoring, aggregate_features, min_euclidean
+from .._robust import check_fraction
 from ..backbones import FeatureExtractor
 from ..config import FeatureBankConfig
 
@@ -25,10 +26,18 @@ class PatchCoreConfig(FeatureBankConfig):
     projection_dim: int = 128  # random-projection size used only to select the coreset
     bank_size: int = 0
     feature_dim: int = 0
+    # Most memory-bank rows (0 = no cap): bounds memory and latency when `edgeiad update` keeps adding images.
+    max_bank: int = 0
+    # Share of training patches dropped before the coreset as likely defects, for training folders that hold
+    # some defective parts (0 = off; see models/_robust.py).
+    denoise: float = 0.0
 
     def validate(self) -> None:
         super().validate()
         check_coreset_ratio(self.coreset_ratio)
+        check_fraction("denoise", self.denoise)
+        if self.max_bank < 0:
+            raise ConfigError(f"max_bank {self.max_bank} must be >= 0 (0 = no cap on the memory bank's rows)")
 
 
 def check_coreset_ratio(ratio: float) -> None:
