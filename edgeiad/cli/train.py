@@ -108,9 +108,12 @@ def train(
             raise typer.BadParameter("--coreset-ratio applies to patchcore only")
         overrides["coreset_ratio"] = coreset_ratio
     if noise_robust is not None:
-        knob = NOISE_ROBUST.get(model.lower())
-        if knob is None:
-            raise typer.BadParameter(f"--noise-robust applies to {', '.join(NOISE_ROBUST)}, not {model}")
+        from ..models import MODELS, get_model
+
+        knob = get_model(model).noise_robust
+        if not knob:
+            robust = ", ".join(name for name, spec in MODELS.items() if spec.noise_robust)
+            raise typer.BadParameter(f"--noise-robust applies to {robust}, not {model}")
         overrides[knob] = noise_robust
     segad_options = {"bases": bases, "segmentation": segmentation, "label_map": label_map}
     if any(value is not None for value in segad_options.values()):
@@ -140,9 +143,6 @@ def train(
         print(json.dumps({"run": str(run), "metrics": metrics}, indent=2))
     else:
         print_run_summary(run, metrics)
-
-
-NOISE_ROBUST = {"patchcore": "denoise", "padim": "trim"}  # the config field `--noise-robust` sets per model
 
 
 @app.command(

@@ -29,6 +29,8 @@ class ModelSpec:
     # `edgeiad update` adds good images to a fitted run: update(config, model, running, batches, device,
     # progress) -> (model, info); "" = the model learns weights and is retrained on old and new images instead.
     update_function: str = ""
+    # The config field `--noise-robust` sets: the share of training data that may be defective ("" = none).
+    noise_robust: str = ""
 
     def _attr(self, submodule: str, name: str):
         return getattr(importlib.import_module(f"edgeiad.models.{self.module}.{submodule}"), name)
@@ -91,6 +93,7 @@ register_model(
         model_class="PatchCoreModel",
         fit_function="fit_patchcore",
         update_function="update_patchcore",
+        noise_robust="denoise",
         min_train_images=1,
         fit_label="selecting memory bank",
     )
@@ -105,7 +108,8 @@ register_model(
         model_class="PadimModel",
         fit_function="fit_padim",
         update_function="update_padim",
-        min_train_images=2,
+        noise_robust="trim",
+        min_train_images=1,
         fit_label="estimating Gaussians",
     )
 )
@@ -133,7 +137,7 @@ register_model(
         model_class="NpadModel",
         fit_function="fit_npad",
         update_function="update_npad",
-        min_train_images=2,
+        min_train_images=1,
         fit_label="estimating distributions",
     )
 )

@@ -38,8 +38,9 @@ def fit_patchcore(config: PatchCoreConfig, batches: Iterable, device: str = "cpu
 
 
 def bank_budget(config: PatchCoreConfig, n_patches: int) -> int:
-    """Rows of the bank for `n_patches` training patches: the coreset ratio of them, capped at max_bank."""
-    size = max(1, math.ceil(n_patches * config.coreset_ratio))
+    """Rows of the bank for `n_patches` training patches: the coreset ratio of them, at least min_bank (or all
+    patches when fewer), capped at max_bank."""
+    size = max(1, math.ceil(n_patches * config.coreset_ratio), min(n_patches, getattr(config, "min_bank", 1)))
     cap = getattr(config, "max_bank", 0)  # the ensemble's PatchCore half has no cap
     return min(size, cap) if cap else size
 
@@ -49,7 +50,7 @@ def select_memory_bank(embeddings, config, progress=None, n_patches: int | None 
     and feature_dim. The bank's size follows `n_patches` (all patches seen) when given, else the rows given."""
     if embeddings.dim() == 4:
         embeddings = embeddings.permute(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
-    size = bank_budget(config, n_patches or embeddings.shape[0])
+    size = min(bank_budget(config, n_patches or embeddings.shape[0]), embeddings.shape[0])
     selected = greedy_coreset(
         embeddings, size, seed=config.seed, projection_dim=config.projection_dim, progress=progress
     )

@@ -26,6 +26,9 @@ class PatchCoreConfig(FeatureBankConfig):
     projection_dim: int = 128  # random-projection size used only to select the coreset
     bank_size: int = 0
     feature_dim: int = 0
+    # Fewest memory-bank rows (all patches when there are fewer): 1 % of a few-shot training set is a handful of
+    # rows (one 384-px image: 23), which no longer covers a part.
+    min_bank: int = 1024
     # Most memory-bank rows (0 = no cap): bounds memory and latency when `edgeiad update` keeps adding images.
     max_bank: int = 0
     # Share of training patches dropped before the coreset as likely defects, for training folders that hold
@@ -36,6 +39,8 @@ class PatchCoreConfig(FeatureBankConfig):
         super().validate()
         check_coreset_ratio(self.coreset_ratio)
         check_fraction("denoise", self.denoise)
+        if self.min_bank < 1:
+            raise ConfigError(f"min_bank {self.min_bank} must be >= 1 (default 1024 rows, or all patches if fewer)")
         if self.max_bank < 0:
             raise ConfigError(f"max_bank {self.max_bank} must be >= 0 (0 = no cap on the memory bank's rows)")
 
