@@ -111,6 +111,8 @@ def run_setting_study(plan: SettingPlan, out: Path, echo=None, command: str = ""
                 dataset, data_info = setting_dataset(base, pool, plan.setting, level, seed, plan.max_train)
                 for label, model, robust in entries:
                     count += 1
+                    if robust and not level:
+                        continue  # the option at 0 % is the plain model
                     case_id = f"{label}|{plan.setting}={level}|seed={seed}|{base.name}"
                     if case_id in done:
                         continue

@@ -47,10 +47,16 @@ def _cache_features(model: StudentTeacherModel, batches, device: str):
     return torch.cat(early), torch.cat(teacher)
 
 
-def fit_student_teacher(config: StudentTeacherConfig, batches, device: str = "cpu", progress=None):
-    """Return (trained StudentTeacherModel on the CPU, info with epochs, losses and timings)."""
+def fit_student_teacher(config: StudentTeacherConfig, batches, device: str = "cpu", progress=None, initial=None):
+    """Return (trained StudentTeacherModel on the CPU, info with epochs, losses and timings).
+
+    `initial`: a trained model to continue from (fine-tuning on new images, as a shared model does in the
+    continual study); teacher statistics and map quantiles are re-estimated on the new images."""
     watch = Stopwatch()
-    model = StudentTeacherModel(config).to(device)
+    model = StudentTeacherModel(config)
+    if initial is not None:
+        model.load_state_dict(initial.state_dict())
+    model = model.to(device)
     with watch.time("embedding_s"):
         early, teacher = _cache_features(model, batches, device)
     train_index, quantile_index = _split(early.shape[0], config.seed)
