@@ -248,6 +248,7 @@ def save_model(model, folder: Path) -> None:
         if not is_backbone_weight(name)
     }
     save_file(state, str(folder / "weights.safetensors"), metadata={"model": model.config.model})
+    os.chmod(folder / "weights.safetensors", normal_mode())  # safetensors writes 0600: export may run as another user
 
 
 RUNNING_FILE = "running.safetensors"
@@ -261,6 +262,7 @@ def save_running(model, folder: Path) -> None:
     if running:
         tensors = {name: value.detach().cpu().contiguous() for name, value in running.items()}
         save_file(tensors, str(folder / RUNNING_FILE), metadata={"model": model.config.model})
+        os.chmod(folder / RUNNING_FILE, normal_mode())
 
 
 def load_running(run: Path, expected: tuple[str, ...]) -> dict:
