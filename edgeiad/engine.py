@@ -313,7 +313,7 @@ def update(
             f"{spec.name} learns its weights and cannot add images without its earlier ones: retrain it on the old "
             f"and new good images with edgeiad train (edgeiad update works for {updatable})"
         )
-    running = load_running(run, spec._attr("fit", "RUNNING"))
+    running = load_running(run, spec._attr("fit", "running_shapes")(model))
     config = model.config
     if record.get("backbone_weights_sha256") not in (None, weights_sha256(config.backbone)):
         raise ArtifactError(

@@ -265,8 +265,8 @@ def save_running(model, folder: Path) -> None:
         os.chmod(folder / RUNNING_FILE, normal_mode())
 
 
-def load_running(run: Path, expected: tuple[str, ...]) -> dict:
-    """A run's running sums, checked for the names its model's update needs."""
+def load_running(run: Path, expected: dict[str, tuple]) -> dict:
+    """A run's running sums, checked against the names and shapes its model's update needs, and finite."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -285,6 +285,15 @@ def load_running(run: Path, expected: tuple[str, ...]) -> dict:
     missing = sorted(set(expected) - set(running))
     if missing:
         raise ArtifactError(f"{path} lacks {', '.join(missing)}: the run folder is mismatched, retrain it")
+    for name, shape in expected.items():
+        found = tuple(running[name].shape)
+        if found != tuple(shape):
+            raise ArtifactError(
+                f"{path}: {name} has shape {list(found)} but the run's weights need {list(shape)}: the run folder "
+                "is mismatched, retrain it"
+            )
+        if not running[name].isfinite().all():
+            raise ArtifactError(f"{path}: {name} holds NaN or infinite values: the file is damaged, retrain the run")
     return running
 
 

@@ -130,6 +130,16 @@ def test_cli_update_refuses_what_it_cannot_update(trained_runs, halves, tmp_path
     (copy / "running.safetensors").write_bytes(b"not a safetensors file")
     code, _, err = run_cli(["update", copy, "--data", b], capsys)
     assert_one_line_error(code, err, "running.safetensors is corrupt")
+    from safetensors.torch import load_file, save_file
+
+    running = load_file(str(trained_runs["padim"] / "running.safetensors"))
+    save_file({**running, "sum": running["sum"][:, :3].contiguous()}, str(copy / "running.safetensors"))
+    code, _, err = run_cli(["update", copy, "--data", b], capsys)
+    assert_one_line_error(code, err, r"sum has shape \[64, 3\] but the run's weights need \[64, 32\]")
+    running["outer"][0, 0, 0] = float("nan")
+    save_file(running, str(copy / "running.safetensors"))
+    code, _, err = run_cli(["update", copy, "--data", b], capsys)
+    assert_one_line_error(code, err, "outer holds NaN")
     (copy / "running.safetensors").unlink()
     code, _, err = run_cli(["update", copy, "--data", b], capsys)
     assert_one_line_error(code, err, "running.safetensors is missing: this run cannot be updated")

@@ -86,6 +86,13 @@ def kmeans(points, k: int, iterations: int, seed: int):
 RUNNING = ("count", "sum", "outer", "agg_count", "agg_sum", "agg_outer", "n_points")
 
 
+def running_shapes(model) -> dict:
+    """The running sums a fitted N-pad keeps, by name and shape (checked before an update uses them)."""
+    positions, dim = model.mean_a.shape
+    plain = {"count": (positions,), "sum": (positions, dim), "outer": (positions, dim, dim)}
+    return {**plain, **{f"agg_{name}": shape for name, shape in plain.items()}, "n_points": (1,)}
+
+
 def fit_npad(config: NpadConfig, batches: Iterable, device: str = "cpu", progress=None):
     """Return (fitted NpadModel on the CPU, info dict with timings and sizes); `model.running` holds the running
     sums `edgeiad update` extends."""

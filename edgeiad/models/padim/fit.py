@@ -65,6 +65,12 @@ def fit_padim(config: PadimConfig, batches: Iterable, device: str = "cpu", progr
 RUNNING = ("count", "sum", "outer")
 
 
+def running_shapes(model) -> dict:
+    """The running sums a fitted PaDiM keeps, by name and shape (checked before an update uses them)."""
+    positions, dim = model.mean.shape
+    return {"count": (positions,), "sum": (positions, dim), "outer": (positions, dim, dim)}
+
+
 def update_padim(config: PadimConfig, model: PadimModel, running: dict, batches: Iterable, device="cpu", progress=None):
     """Add new good images to a fitted PaDiM exactly: running sums plus the new images' sums (trimmed at the
     config's `trim` against the new images' own Gaussian), statistics recomputed. Returns (model, info)."""

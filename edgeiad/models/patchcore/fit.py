@@ -17,7 +17,10 @@ from .torch_model import PatchCoreConfig, PatchCoreModel
 
 torch = require_torch()
 
-RUNNING = ("n_patches",)  # what `edgeiad update` needs beside the bank: how many patches the bank stands for
+
+def running_shapes(model) -> dict:
+    """What `edgeiad update` needs beside the bank: how many training patches the bank stands for."""
+    return {"n_patches": (1,)}
 
 
 def fit_patchcore(config: PatchCoreConfig, batches: Iterable, device: str = "cpu", progress=None):
