@@ -84,8 +84,9 @@ def train(
     noise_robust: float = typer.Option(
         None,
         "--noise-robust",
-        help="the share of training images that may be defective (e.g. 0.1): patchcore drops that share of its "
-        "most outlying training patches, padim trims it from each Gaussian",
+        help="the share of training images that may be defective (e.g. 0.1): patchcore drops a quarter of that "
+        "share of its training patches, those least like other images at the same place; padim trims as much "
+        "from each position's Gaussian",
     ),
     json_out: bool = typer.Option(False, "--json", help="print the run folder and its metrics as JSON at the end"),
 ) -> None:

@@ -1,14 +1,20 @@
 """Noise-robust fitting for training folders that hold some defective parts (seed 004's noisy setting).
 
-Two options, both off by default and switched on by the fraction of training data the user expects to be bad:
-- PatchCore `denoise`: before the coreset, drop the training patches least like the other training images at the
-  same place. Each patch is scored by its mean distance to its k nearest patches of *other* images within one
-  grid step (so a defect seen in one image finds no close neighbour, while good structure recurs in every
-  image); the score is divided by its position's median, so naturally varied places (edges) are not emptied,
-  and the highest `denoise` fraction of all patches is dropped. In the spirit of SoftPatch (Jiang et al.,
-  NeurIPS 2022), which filters patch-level noise per position before the memory bank is built.
-- PaDiM `trim`: the trimmed Gaussian. Fit each position's Gaussian, drop the `trim` fraction of training samples
-  farthest from it (Mahalanobis), refit on the rest.
+Two options, both off by default and switched on by the share F of training images the user expects to be bad:
+- PatchCore `denoise`: before the coreset, drop F × DROP_PER_NOISE of the training patches, those least like
+  the other training images at the same place. Each patch is scored by its mean distance to its k nearest
+  patches of *other* images within one grid step (a defect seen in one image finds no close neighbour, while
+  good structure recurs in every image); the score is divided by its position's median, so naturally varied
+  places (edges) are not emptied. In the spirit of SoftPatch (Jiang et al., NeurIPS 2022), which filters
+  patch-level noise per position before the memory bank is built.
+- PaDiM `trim`: the trimmed Gaussian. Fit each position's Gaussian, drop F × DROP_PER_NOISE of the training
+  samples farthest from it (Mahalanobis), refit on the rest.
+
+A defect covers a small part of its image, so dropping the whole share F of patches or samples mostly removes
+rare good ones and costs image AUROC. Measured with 60 good images plus 10 % or 20 % defective ones on bsdata,
+cfd and deeppcb (2 seeds each, 256 px, 100 test images; mean image / pixel AUROC): PatchCore plain 0.839 /
+0.846, F × 0.1 0.849 / 0.881, × 0.25 0.847 / 0.886, × 0.5 0.845 / 0.890; PaDiM plain 0.856 / 0.946, × 0.1
+0.859 / 0.949, × 0.25 0.860 / 0.950, × 0.5 0.858 / 0.950; × 1 cost bsdata up to 0.07 image AUROC.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from ..errors import ConfigError, require_torch
 torch = require_torch()
 
 NEIGHBOURS = 3  # k nearest patches of other images whose mean distance scores a patch
+DROP_PER_NOISE = 0.25  # share of patches (PatchCore) or samples (PaDiM) dropped per share of defective images
 
 
 def check_fraction(name: str, value: float) -> None:
@@ -56,8 +63,9 @@ def patch_outlier_scores(embeddings, radius: int = 1, neighbours: int = NEIGHBOU
     return scores.reshape(height, width, count).permute(2, 0, 1)
 
 
-def denoise_patches(embeddings, fraction: float):
-    """The N×D×h×w patches as rows (M×D) without the `fraction` most outlying ones, and a report dict."""
+def denoise_patches(embeddings, noise: float):
+    """The N×D×h×w patches as rows (M×D) without the noise × DROP_PER_NOISE most outlying ones, and a report."""
+    fraction = noise * DROP_PER_NOISE
     count, dim = embeddings.shape[:2]
     rows = embeddings.permute(0, 2, 3, 1).reshape(-1, dim)
     if fraction <= 0.0 or count < 2:
@@ -69,7 +77,7 @@ def denoise_patches(embeddings, fraction: float):
     keep[torch.topk(scores, dropped).indices] = False
     per_image = (~keep).reshape(count, -1).float().mean(dim=1)
     report = {
-        "denoise": fraction,
+        "denoise": noise,
         "patches_dropped": dropped,
         # The images that lost the most patches: where a user should look for mislabelled parts first.
         "most_dropped_images": torch.argsort(per_image, descending=True)[:5].tolist(),
@@ -78,11 +86,11 @@ def denoise_patches(embeddings, fraction: float):
     return rows[keep], report
 
 
-def trimmed_moments(samples, fraction: float, regularization: float):
-    """Per-position (count, sum, outer-product sum) of P×N×d float64 samples without each position's `fraction`
-    farthest samples under the Gaussian of all of them. `fraction` 0 keeps every sample."""
+def trimmed_moments(samples, noise: float, regularization: float):
+    """Per-position (count, sum, outer-product sum) of P×N×d float64 samples without each position's
+    noise × DROP_PER_NOISE farthest samples under the Gaussian of all of them. `noise` 0 keeps every sample."""
     positions, count, dim = samples.shape
-    drop = int(round(fraction * count))
+    drop = int(round(noise * DROP_PER_NOISE * count))
     if drop == 0 or count - drop < 2:
         keep = torch.ones(positions, count, dtype=torch.bool)
     else:

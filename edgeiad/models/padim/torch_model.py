@@ -21,8 +21,9 @@ class PadimConfig(FeatureBankConfig):
     model: str = "padim"
     n_features: int = 100
     regularization: float = 0.01  # added to the covariance diagonal so it stays invertible
-    # Trimmed Gaussian for training folders with some defective parts: per position, the share of training
-    # samples farthest from the first fit that the second fit leaves out (0 = off; see models/_robust.py).
+    # Trimmed Gaussian, for training folders with some defective parts: the share of training images that may be
+    # defective (0 = off); per position a quarter of that share of samples, the farthest from a first fit, is
+    # left out of the second (see models/_robust.py).
     trim: float = 0.0
 
     def validate(self) -> None:

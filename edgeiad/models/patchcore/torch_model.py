@@ -31,8 +31,8 @@ class PatchCoreConfig(FeatureBankConfig):
     min_bank: int = 1024
     # Most memory-bank rows (0 = no cap): bounds memory and latency when `edgeiad update` keeps adding images.
     max_bank: int = 0
-    # Share of training patches dropped before the coreset as likely defects, for training folders that hold
-    # some defective parts (0 = off; see models/_robust.py).
+    # Share of training images that may be defective (0 = off): a quarter of that share of the training patches,
+    # the least like other images at the same place, is dropped before the coreset (see models/_robust.py).
     denoise: float = 0.0
 
     def validate(self) -> None:
