@@ -18,7 +18,6 @@ serve them all.
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -30,6 +29,7 @@ from ..data import Dataset, load_dataset
 from ..errors import ConfigError
 from ..runs import versions, write_json
 from . import memory
+from .runner import jsonable, resume_document
 from .settings import evaluation_pool
 
 SCHEMA_VERSION = 1
@@ -153,7 +153,7 @@ def _sequence(model_name: str, design: str, overrides: dict, tasks: list[Dataset
         scores.append(row)
         size = sum(memory.statistics_mb(m) for m in models) if design == "per-product" else memory.statistics_mb(shared)
         steps.append({"task": task.name, "fit_s": fit_s, "fit_peak_mb": peak.increase_mb, "statistics_mb": size,
-                      "fit": _jsonable(info)})  # fmt: skip
+                      "fit": jsonable(info)})  # fmt: skip
         echo(f"    after {task.name}: " + ", ".join(f"{t.name} {r['image_auroc']:.3f}" for t, r in zip(tasks, row)))
     del config
     return {
@@ -289,15 +289,11 @@ def _protocol(document: dict) -> str:
 def html_report(document: dict) -> str:
     import html
 
-    from .report import _html_table
+    from .report import STYLE, _html_table
 
-    style = (
-        "body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;font-size:12px}"
-        "td,th{border:1px solid #bbb;padding:2px 6px;text-align:right}td:first-child,th:first-child{text-align:left}"
-    )
     parts = [
         "<!doctype html><html><head><meta charset=utf-8><title>edgeiad continual study</title>"
-        f"<style>{style}</style></head><body><h1>edgeiad study: continual setting</h1>"
+        f"<style>{STYLE}</style></head><body><h1>edgeiad study: continual setting</h1>"
         f"<p><code>{html.escape(document.get('command', ''))}</code></p><p>{html.escape(_protocol(document))}</p>"
     ]
     for title, header, rows in tables(document):
@@ -316,19 +312,12 @@ def _resume(path: Path, plan: ContinualPlan, command: str) -> dict:
         "max_train": plan.max_train,
         "max_test": plan.max_test,
         "threads": plan.threads,
-        "settings": _jsonable(plan.settings),
+        "settings": jsonable(plan.settings),
         "versions": versions(),
         "runs": {},
     }
-    if not path.is_file():
-        return fresh
-    try:
-        earlier = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise ConfigError(f"{path} is not valid JSON: delete it or choose another --out") from None
     same = ("schema_version", "tasks", "max_train", "max_test", "settings")
-    if any(earlier.get(key) != fresh[key] for key in same):
-        raise ConfigError(f"{path} holds a continual study with other tasks or settings: choose another --out")
+    earlier = resume_document(path, fresh, same, "a continual study with other tasks or settings")
     earlier.update(command=command or earlier.get("command", ""), seeds=fresh["seeds"])
     return earlier
 
@@ -348,7 +337,3 @@ def _fmt_final(record: dict) -> str:
     result = record["result"]["image_auroc"]
     fm = result["forgetting"]
     return f"image AUROC {result['final_average']:.3f}, FM {fm:.3f}" if fm is not None else "–"
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))

@@ -16,6 +16,11 @@ METRICS = (
     ("AUPRO@0.3", "aupro"),
 )
 RANKED = ("image_auroc", "pixel_auroc")
+STYLE = (
+    "body{font-family:sans-serif;margin:1.5em;color:#222}h2{margin-top:1.5em}table{border-collapse:collapse;"
+    "font-size:12px}td,th{border:1px solid #bbb;padding:2px 6px;text-align:right}td:first-child,"
+    "th:first-child{text-align:left}"
+)  # the one stylesheet of every study report
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
@@ -148,15 +153,10 @@ def _bars_svg(document: dict) -> str:
 
 def html_report(document: dict) -> str:
     """One offline HTML file: the AUROC bars, the summary and per-dataset tables, the settings."""
-    style = (
-        "body{font-family:sans-serif;margin:1.5em;color:#222}h2{margin-top:1.5em}table{border-collapse:collapse;"
-        "font-size:12px}td,th{border:1px solid #bbb;padding:2px 6px;text-align:right}td:first-child,"
-        "th:first-child{text-align:left}"
-    )
     legend = f'<span style="color:{PALETTE[0]}">■</span> image AUROC <span style="color:{PALETTE[1]}">■</span> pixel'
     return (
         "<!doctype html><html><head><meta charset=utf-8><title>edgeiad study</title>"
-        f"<style>{style}</style></head><body><h1>edgeiad study</h1>"
+        f"<style>{STYLE}</style></head><body><h1>edgeiad study</h1>"
         f"<p><code>{html.escape(document['command'])}</code></p><p>{html.escape(_scoring_note(document))}<br>"
         f"Pixel metrics: {html.escape(_pixel_note(document))}</p>"
         f"<h2>Mean AUROC over datasets</h2><p>{legend} AUROC (axis from 0.5)</p>{_bars_svg(document)}"

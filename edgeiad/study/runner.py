@@ -35,7 +35,7 @@ def run_study(plan: StudyPlan, out: Path, echo=None, command: str = "") -> dict:
                 case_id = f"{model}|{variant.name}|{dataset.name}"
                 overrides = plan.overrides(model, variant)
                 previous = done.get(case_id)
-                if previous is not None and previous["overrides"] == _jsonable(overrides):
+                if previous is not None and previous["overrides"] == jsonable(overrides):
                     echo(f"[{count}/{total}] {case_id}: done before, kept")
                     continue
                 echo(f"[{count}/{total}] {case_id} ({_eta(started, count - 1, total)})")
@@ -58,7 +58,7 @@ def run_case(plan: StudyPlan, model: str, variant: Variant, overrides: dict, dat
         "variant": variant.name,
         "dataset": dataset.name,
         "data": spec,
-        "overrides": _jsonable(overrides),
+        "overrides": jsonable(overrides),
         "config": config,
         "scoring": plan.scoring,
         "metrics": metrics,
@@ -146,18 +146,13 @@ def _resume(path: Path, plan: StudyPlan, command: str) -> dict:
         "command": command,
         "scoring": plan.scoring,
         "threads": plan.threads,
-        "settings": _jsonable(plan.settings),
+        "settings": jsonable(plan.settings),
         "versions": versions(),
         "cases": [],
     }
-    if not path.is_file():
+    earlier = resume_document(path, fresh, ("scoring", "schema_version"), "a study with other scoring")
+    if earlier is fresh:
         return fresh
-    try:
-        earlier = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise ConfigError(f"{path} is not valid JSON: delete it or choose another --out") from None
-    if earlier.get("scoring") != plan.scoring or earlier.get("schema_version") != SCHEMA_VERSION:
-        raise ConfigError(f"{path} holds a study with other scoring: choose another --out or delete it")
     earlier["command"] = command or earlier.get("command", "")
     return earlier
 
@@ -169,8 +164,23 @@ def _save(out: Path, document: dict) -> dict:
     return document
 
 
-def _jsonable(value):
-    return json.loads(json.dumps(value, default=list))
+def resume_document(path: Path, fresh: dict, same: tuple[str, ...], conflict: str) -> dict:
+    """The study document saved at `path` when its `same` keys equal `fresh`'s, `fresh` when there is none;
+    anything else stops with one line (`conflict` says what differs)."""
+    if not path.is_file():
+        return fresh
+    try:
+        earlier = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ConfigError(f"{path} is not valid JSON: delete it or choose another --out") from None
+    if any(earlier.get(key) != fresh[key] for key in same):
+        raise ConfigError(f"{path} holds {conflict}: choose another --out or delete it")
+    return earlier
+
+
+def jsonable(value):
+    """`value` as plain JSON types (tuples as lists, tensors and arrays by their `tolist`)."""
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else list(v)))
 
 
 def _slug(model: str, variant: Variant) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import _html_table, _md_table
+from .report import STYLE, _html_table, _md_table
 
 METRICS = (("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO@0.3", "aupro"))
 COSTS = (
@@ -188,12 +188,8 @@ def _protocol(setting: str, document: dict) -> str:
 
 
 def html_report(setting: str, document: dict, summary: dict) -> str:
-    style = (
-        "body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;font-size:12px}"
-        "td,th{border:1px solid #bbb;padding:2px 6px;text-align:right}td:first-child,th:first-child{text-align:left}"
-    )
     parts = [
-        f"<!doctype html><html><head><meta charset=utf-8><title>edgeiad {setting} study</title><style>{style}"
+        f"<!doctype html><html><head><meta charset=utf-8><title>edgeiad {setting} study</title><style>{STYLE}"
         f"</style></head><body><h1>edgeiad study: {setting} setting</h1>",
         f"<p><code>{html.escape(document.get('command', ''))}</code></p><p>{html.escape(_protocol(setting, document))}",
     ]

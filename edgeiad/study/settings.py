@@ -16,7 +16,6 @@ interrupted study resumes.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -28,6 +27,7 @@ from ..data import Dataset, load_dataset, load_rgb
 from ..errors import ConfigError, DataError
 from ..runs import versions, write_json
 from . import memory
+from .runner import jsonable, resume_document
 
 SETTINGS = {"fewshot": (1, 2, 4, 8), "noisy": (0.0, 0.05, 0.1, 0.2)}
 SCHEMA_VERSION = 1
@@ -120,7 +120,7 @@ def run_setting_study(plan: SettingPlan, out: Path, echo=None, command: str = ""
                     overrides = plan.overrides(model, robust, level)
                     record = run_setting_case(plan, model, overrides, dataset)
                     record.update(id=case_id, label=label, model=model, robust=robust, level=level, seed=seed)
-                    record.update(dataset=base.name, data=spec, overrides=_jsonable(overrides), **data_info)
+                    record.update(dataset=base.name, data=spec, overrides=jsonable(overrides), **data_info)
                     done[case_id] = record
                     fresh += 1
                     echo(f"    {_line(record)}")
@@ -211,7 +211,7 @@ def run_setting_case(plan: SettingPlan, model: str, overrides: dict, dataset: Da
         "fit_peak_mb": fit_peak.increase_mb,
         "infer_peak_mb": infer_peak.peak_mb,
         "model_mb": round(memory.statistics_mb(fitted), 3),
-        "fit": _jsonable(fit),
+        "fit": jsonable(fit),
     }
 
 
@@ -247,22 +247,13 @@ def _resume(path: Path, plan: SettingPlan, command: str) -> dict:
         "max_train": plan.max_train,
         "max_test": plan.max_test,
         "threads": plan.threads,
-        "settings": _jsonable(plan.settings),
+        "settings": jsonable(plan.settings),
         "versions": versions(),
         "cases": [],
     }
-    if not path.is_file():
-        return fresh
-    try:
-        earlier = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise ConfigError(f"{path} is not valid JSON: delete it or choose another --out") from None
     same = ("schema_version", "max_train", "max_test", "settings")
-    if any(earlier.get(key) != fresh[key] for key in same):
-        raise ConfigError(
-            f"{path} holds a {plan.setting} study with other --max-train/--max-test/--set values: choose another "
-            "--out or delete it"
-        )
+    conflict = f"a {plan.setting} study with other --max-train/--max-test/--set values"
+    earlier = resume_document(path, fresh, same, conflict)
     earlier.update(command=command or earlier.get("command", ""), levels=fresh["levels"], seeds=fresh["seeds"])
     return earlier
 
@@ -274,10 +265,6 @@ def _save(out: Path, setting: str, document: dict) -> dict:
     document["summary"] = write_setting_reports(out, setting, document)
     write_json(out / f"{setting}.json", document)
     return document
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
 def _eta(started: float, done: int, left: int) -> str:
