@@ -177,8 +177,10 @@ def test_score_share_exports_as_a_constant_k_topk(synthetic_mvtec, tmp_path):
 
     from .conftest import model_overrides
 
+    # min_bank 1: the 25 % coreset of the fixture, not all 768 patches (GEMM-form distances of a bank holding every
+    # training patch differ more in absolute terms between ONNX Runtime and eager; export's parity covers that)
     run = train("patchcore", synthetic_mvtec, out=tmp_path / "run", overrides={**model_overrides("patchcore"),
-                "score_share": 0.05}, progress=False)  # fmt: skip
+                "score_share": 0.05, "min_bank": 1}, progress=False)  # fmt: skip
     artifact = export_run(run, target="onnx", out=tmp_path / "artifact")  # parity-checked against eager
     graph = onnx.load(str(artifact / "model.onnx")).graph
     assert "TopK" in {node.op_type for node in graph.node}

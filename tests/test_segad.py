@@ -252,5 +252,5 @@ def test_supervised_study_tables_and_cached_base_outputs(synthetic_mvtec, tmp_pa
 
 
 def test_study_setting_is_checked(synthetic_mvtec, tmp_path, capsys):
-    code, _out, err = run_cli(["study", "--setting", "noisy", "--data", synthetic_mvtec, "--out", tmp_path], capsys)
-    assert_one_line_error(code, err, "--setting 'noisy' is unknown: use clean or supervised")
+    code, _out, err = run_cli(["study", "--setting", "dirty", "--data", synthetic_mvtec, "--out", tmp_path], capsys)
+    assert_one_line_error(code, err, "--setting 'dirty' is unknown: use clean, supervised, fewshot, noisy or continual")
