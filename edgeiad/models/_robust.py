@@ -15,7 +15,7 @@ rare good ones and costs image AUROC. Measured with 60 good images plus 10 % or 
 cfd and deeppcb (2 seeds each, 256 px, 100 test images; mean of 12 image / pixel AUROCs): PatchCore plain
 0.779 / 0.806, F × 0.1 0.788 / 0.838, × 0.25 0.787 / 0.838, × 0.5 0.784 / 0.844; PaDiM plain 0.802 / 0.934,
 × 0.1 0.805 / 0.937, × 0.25 0.805 / 0.938, × 0.5 0.801 / 0.938. × 1 cost bsdata up to 0.07 image AUROC
-(studies/s18/robust/tune.py).
+(docs/settings/tune_noise_robust.py).
 """
 
 from __future__ import annotations
