@@ -24,11 +24,6 @@ def select_channels(features, count: int):
     return order[:count].sort().values
 
 
-def gaussian(samples, regularization: float):
-    """Per-position mean and regularised precision from P×N×d samples."""
-    return gaussian_from_moments(*moments(samples), regularization)
-
-
 def similarity_weights(mean, precision, radius: int, balance: float, height: int, width: int):
     """O×P weights exp(-D) with D = Δμᵀ Σ_p⁻¹ Δμ / (8·balance·d): the Bhattacharyya distance between the
     Gaussians of p and its neighbour under equal covariances (balance 1 = the original distance; larger =
