@@ -261,8 +261,7 @@ def _resume(path: Path, plan: SettingPlan, command: str) -> dict:
 def _save(out: Path, setting: str, document: dict) -> dict:
     from .setting_report import write_setting_reports
 
-    document["summary"] = None  # filled by the report (mean ± std tables), kept in the JSON for scripts
-    document["summary"] = write_setting_reports(out, setting, document)
+    document["summary"] = write_setting_reports(out, setting, document)  # the mean ± std tables, for scripts too
     write_json(out / f"{setting}.json", document)
     return document
 
