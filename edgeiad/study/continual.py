@@ -120,7 +120,6 @@ def _sequence(model_name: str, design: str, overrides: dict, tasks: list[Dataset
     from ..models import get_model
 
     spec = get_model(model_name)
-    config = spec.make_config(**{**overrides, "seed": seed})
     updater = spec.update()
     fine_tune = "initial" in inspect.signature(spec.fit()).parameters
     if design == "shared" and updater is None and not fine_tune:
@@ -155,7 +154,6 @@ def _sequence(model_name: str, design: str, overrides: dict, tasks: list[Dataset
         steps.append({"task": task.name, "fit_s": fit_s, "fit_peak_mb": peak.increase_mb, "statistics_mb": size,
                       "fit": jsonable(info)})  # fmt: skip
         echo(f"    after {task.name}: " + ", ".join(f"{t.name} {r['image_auroc']:.3f}" for t, r in zip(tasks, row)))
-    del config
     return {
         "model": model_name,
         "design": design,
