@@ -274,11 +274,18 @@ def train(
         log(_labelled_line(dataset))
     model, fit_info = fit_model(config, dataset, device, progress)
     log(f"fit done in {fit_info['fit_s']:.1f} s: {fit_info}")
+    return _write_run(target, model, config, dataset, device, progress, log, threshold_options, fit_info)
+
+
+def _write_run(target: Path, model, config, dataset: Dataset, device, progress, log, threshold_options, fit_info,
+               **extra):  # fmt: skip
+    """Write a run folder atomically: statistics, running sums, evaluation and thresholds, config (with `extra`
+    keys), metrics, train.log."""
     with StagingDir(target) as staging:
         save_model(model, staging)
         save_running(model, staging)
         results = _evaluate_into(staging, model, config, dataset, device, progress, log, threshold_options)
-        write_json(staging / "config.json", _config_record(config, dataset, device, fit_info))
+        write_json(staging / "config.json", {**_config_record(config, dataset, device, fit_info), **extra})
         write_json(staging / "metrics.json", results["metrics"])
         write_json(staging / "thresholds.json", results["thresholds"])
         (staging / "train.log").write_text("\n".join(log.lines) + "\n")
@@ -313,7 +320,7 @@ def update(
             f"{spec.name} learns its weights and cannot add images without its earlier ones: retrain it on the old "
             f"and new good images with edgeiad train (edgeiad update works for {updatable})"
         )
-    running = load_running(run, spec._attr("fit", "running_shapes")(model))
+    running = load_running(run, spec.running_shapes(model))
     config = model.config
     if record.get("backbone_weights_sha256") not in (None, weights_sha256(config.backbone)):
         raise ArtifactError(
@@ -336,18 +343,9 @@ def update(
     info["fit_s"] = round(time.perf_counter() - started, 3)
     log(f"update done in {info['fit_s']:.1f} s: {info}")
     updates = [*record.get("updates", []), {"from_run": str(run), "data": dataset.summary(), "fit": info}]
-    with StagingDir(target) as staging:
-        save_model(model, staging)
-        save_running(model, staging)
-        results = _evaluate_into(staging, model, config, dataset, device, progress, log, threshold_options)
-        document = _config_record(config, dataset, device, record.get("fit", {}))
-        document["updates"] = updates
-        document["data_history"] = [*record.get("data_history", []), seen]
-        write_json(staging / "config.json", document)
-        write_json(staging / "metrics.json", results["metrics"])
-        write_json(staging / "thresholds.json", results["thresholds"])
-        (staging / "train.log").write_text("\n".join(log.lines) + "\n")
-    return target
+    history = [*record.get("data_history", []), seen]
+    return _write_run(target, model, config, dataset, device, progress, log, threshold_options, record.get("fit", {}),
+                      updates=updates, data_history=history)  # fmt: skip
 
 
 def _labelled_line(dataset: Dataset) -> str:

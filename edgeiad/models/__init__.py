@@ -47,6 +47,10 @@ class ModelSpec:
     def update(self) -> Callable | None:
         return self._attr("fit", self.update_function) if self.update_function else None
 
+    def running_shapes(self, model) -> dict:
+        """Names and shapes of the running sums a fitted model of this kind keeps for `update`."""
+        return self._attr("fit", "running_shapes")(model)
+
     def make_config(self, **overrides):
         """Default config with the given non-None overrides applied."""
         cls = self.config_cls()
