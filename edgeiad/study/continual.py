@@ -18,12 +18,12 @@ serve them all.
 from __future__ import annotations
 
 import inspect
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from edgeiad_runtime.files import atomic_write
 
 from ..data import Dataset, load_dataset
 from ..errors import ConfigError
@@ -133,9 +133,11 @@ def _sequence(model_name: str, design: str, overrides: dict, tasks: list[Dataset
             if design == "per-product" or shared is None:
                 fitted, info = fit_model(spec.make_config(**{**overrides, "seed": seed}), task)
             elif updater is not None:
-                fitted, info = _update(updater, shared, task)
+                fitted, info = _carry(lambda config, model, batches: updater(config, model, model.running, batches),
+                                      shared, task)  # fmt: skip
             else:
-                fitted, info = _fine_tune(spec, shared, task)
+                fitted, info = _carry(lambda config, model, batches: spec.fit()(config, batches, initial=model),
+                                      shared, task)  # fmt: skip
         fit_s = round(time.perf_counter() - started, 2)
         if design == "shared":
             shared = fitted
@@ -165,27 +167,16 @@ def _sequence(model_name: str, design: str, overrides: dict, tasks: list[Dataset
     }
 
 
-def _update(updater, model, task: Dataset):
+def _carry(step, model, task: Dataset):
+    """The shared model taken on to `task` by `step(config, model, batches)` (an update or a fine-tune), seeded
+    and timed."""
     from ..data import iter_batches
     from ..models._fitting import seed_everything
 
     config = model.config
     seed_everything(config.seed)
     started = time.perf_counter()
-    batches = iter_batches(task.train, config.preprocessing())
-    fitted, info = updater(config, model, model.running, batches)
-    info["fit_s"] = round(time.perf_counter() - started, 3)
-    return fitted, info
-
-
-def _fine_tune(spec, model, task: Dataset):
-    from ..data import iter_batches
-    from ..models._fitting import seed_everything
-
-    config = model.config
-    seed_everything(config.seed)
-    started = time.perf_counter()
-    fitted, info = spec.fit()(config, iter_batches(task.train, config.preprocessing()), initial=model)
+    fitted, info = step(config, model, iter_batches(task.train, config.preprocessing()))
     info["fit_s"] = round(time.perf_counter() - started, 3)
     return fitted, info
 
@@ -324,10 +315,7 @@ def _save(out: Path, document: dict) -> dict:
     document["summary"] = summarise(document)
     write_json(out / "continual.json", document)
     for suffix, text in (("md", markdown(document)), ("html", html_report(document))):
-        target = out / f"continual.{suffix}"
-        temporary = target.with_name(f".{target.name}.tmp")
-        temporary.write_text(text)
-        os.replace(temporary, target)
+        atomic_write(out / f"continual.{suffix}", [text.encode("utf-8")])
     return document
 
 

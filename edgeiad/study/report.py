@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from edgeiad_runtime.files import atomic_write
 
 METRICS = (
     ("image AUROC", "image_auroc"),
@@ -175,11 +176,7 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 def write_reports(out: Path, document: dict) -> dict[str, Path]:
     """study.md and study.html beside study.json (each written atomically)."""
-    import os
-
     paths = {"md": Path(out) / "study.md", "html": Path(out) / "study.html"}
     for kind, text in (("md", markdown(document)), ("html", html_report(document))):
-        temporary = paths[kind].with_name(f".{paths[kind].name}.tmp")
-        temporary.write_text(text)
-        os.replace(temporary, paths[kind])
+        atomic_write(paths[kind], [text.encode("utf-8")])
     return paths

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import html
 import math
-import os
 from pathlib import Path
 
 import numpy as np
+from edgeiad_runtime.files import atomic_write
 
 from .report import STYLE, _html_table, _md_table
 
@@ -38,7 +38,7 @@ def _mean_std(values: list) -> list | None:
 def summarise(document: dict) -> dict:
     """{"labels", "datasets", "levels", "mean": label→level→key→[mean, std, n], "per_dataset": dataset→label→
     level→key→[mean, std, n], "refused": label→level→text, "gain": model→level→key→[mean, std, n]}."""
-    cases = [c for c in document["cases"]]
+    cases = document["cases"]
     labels = list(dict.fromkeys(c["label"] for c in cases))
     datasets = list(dict.fromkeys(c["dataset"] for c in cases))
     levels, seeds = document["levels"], document["seeds"]
@@ -74,13 +74,13 @@ def summarise(document: dict) -> dict:
         "mean": mean,
         "per_dataset": per_dataset,
         "refused": refused,
-        "gain": _gains(cases, labels, levels, seeds, datasets),
+        "gain": _gains(index, labels, levels, seeds, datasets),
     }
 
 
-def _gains(cases, labels, levels, seeds, datasets) -> dict:
-    """Robust minus plain, per seed (mean over datasets), for each model with a "+robust" row."""
-    index = {(c["label"], c["level"], c["seed"], c["dataset"]): c for c in cases}
+def _gains(index, labels, levels, seeds, datasets) -> dict:
+    """Robust minus plain, per seed (mean over datasets), for each model with a "+robust" row; `index` maps
+    (label, level, seed, dataset) to its case."""
     gains: dict = {}
     for label in labels:
         if not label.endswith(" +robust"):
@@ -207,8 +207,5 @@ def write_setting_reports(out: Path, setting: str, document: dict) -> dict:
         ("md", markdown(setting, document, summary)),
         ("html", html_report(setting, document, summary)),
     ):
-        path = Path(out) / f"{setting}.{suffix}"
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(text)
-        os.replace(temporary, path)
+        atomic_write(Path(out) / f"{setting}.{suffix}", [text.encode("utf-8")])
     return summary
