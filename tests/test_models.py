@@ -80,6 +80,47 @@ def test_chunked_search_matches_brute_force_with_small_chunks():
     torch.testing.assert_close(min_euclidean(queries, bank), distances, rtol=1e-5, atol=1e-5)
 
 
+def test_patch_neighbourhood_averages_each_layer_over_its_cells_without_padding():
+    from edgeiad.models._ops import aggregate_features
+
+    fine = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    coarse = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    plain = aggregate_features([fine, coarse])
+    assert plain.shape == (2, 7, 8, 8) and torch.equal(plain[:, :4], fine)
+    pooled = aggregate_features([fine, coarse], 3)
+    torch.testing.assert_close(pooled[:, :4, 3, 5], fine[:, :, 2:5, 4:7].mean((2, 3)))
+    torch.testing.assert_close(pooled[:, :4, 0, 0], fine[:, :, :2, :2].mean((2, 3)))  # border: only real cells
+    five = aggregate_features([fine, coarse], 5)
+    torch.testing.assert_close(five[:, :4, 4, 4], fine[:, :, 2:7, 2:7].mean((2, 3)))
+
+
+@pytest.mark.parametrize("name", ["patchcore", "ensemble"])
+def test_patch_neighbourhood_default_checks_and_legacy_runs(name):
+    from edgeiad.errors import ConfigError
+
+    spec = get_model(name)
+    assert spec.make_config().neighbourhood == 1  # chosen by the study (docs/quality-study.md)
+    # a config.json written before the field existed reloads with the 3x3 averaging it was fitted with
+    assert spec.config_cls().from_dict({"model": name, "image_size": [256, 256]}).neighbourhood == 3
+    assert spec.make_config(neighbourhood=3).neighbourhood == 3
+    for bad in (0, 2, 11, True, 3.0):
+        with pytest.raises(ConfigError, match="neighbourhood"):
+            spec.make_config(neighbourhood=bad)
+
+
+def test_patchcore_embedding_follows_its_neighbourhood():
+    from edgeiad.models._ops import aggregate_features
+    from edgeiad.models.patchcore.torch_model import PatchCoreModel
+
+    image = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    for size in (1, 3):
+        model = PatchCoreModel(get_model("patchcore").make_config(image_size=(64, 64), neighbourhood=size)).eval()
+        with torch.no_grad():
+            expected = aggregate_features(model.feature_extractor(image), size)
+            torch.testing.assert_close(model.embed(image), expected)
+            assert not torch.equal(expected, aggregate_features(model.feature_extractor(image), 4 - size))
+
+
 def test_padim_distance_matches_numpy_mahalanobis(trained_runs):
     _record, model = load_model(trained_runs["padim"])
     image = torch.randn(1, 3, SYNTH_SIZE, SYNTH_SIZE)
@@ -112,7 +153,9 @@ def test_ensemble_members_equal_patchcore_and_padim_with_its_statistics(trained_
 
     _record, ensemble = load_model(trained_runs["ensemble"])
     config = ensemble.config
-    patchcore = PatchCoreModel(get_model("patchcore").make_config(**_shared(config), bank_size=config.bank_size))
+    patchcore = PatchCoreModel(
+        get_model("patchcore").make_config(**_shared(config), bank_size=config.bank_size, neighbourhood=config.neighbourhood)
+    )
     patchcore.memory_bank.copy_(ensemble.memory_bank)
     padim = PadimModel(get_model("padim").make_config(**_shared(config), n_features=config.n_features))
     padim.mean.copy_(ensemble.mean)

@@ -61,7 +61,7 @@ class FeatureHeadModel(nn.Module):
         raise NotImplementedError
 
     def raw_features(self, image):
-        return aggregate_features(self.feature_extractor(image), local_pool=False)
+        return aggregate_features(self.feature_extractor(image))
 
     def embed(self, image):
         """Standardised multi-scale features, N×C×h×w."""

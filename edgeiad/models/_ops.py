@@ -31,11 +31,15 @@ class GaussianBlur(nn.Module):
         return F.conv2d(F.pad(x, (0, 0, self.radius, self.radius), mode="reflect"), self.kernel_v)
 
 
-def aggregate_features(features: list, local_pool: bool, mode: str = "bilinear"):
-    """Concatenate multi-scale maps at the finest map's resolution (optionally 3x3 locally averaged first)."""
-    if local_pool:
-        # PatchCore's locally aware patch features: each patch sees its 3x3 neighbourhood.
-        features = [F.avg_pool2d(f, kernel_size=3, stride=1, padding=1, count_include_pad=False) for f in features]
+def aggregate_features(features: list, neighbourhood: int = 1, mode: str = "bilinear"):
+    """Concatenate multi-scale maps at the finest map's resolution, each first averaged over its
+    `neighbourhood`×`neighbourhood` cells when that is above 1 (PatchCore's locally aware patch features)."""
+    if neighbourhood > 1:
+        pad = neighbourhood // 2
+        features = [
+            F.avg_pool2d(f, kernel_size=neighbourhood, stride=1, padding=pad, count_include_pad=False)
+            for f in features
+        ]
     size = features[0].shape[-2:]
     resized = [features[0]]
     for feature in features[1:]:

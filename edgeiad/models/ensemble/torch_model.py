@@ -9,7 +9,7 @@ from .._ops import GaussianBlur, MapScoring, aggregate_features, chunked_min_euc
 from ..backbones import FeatureExtractor
 from ..config import FeatureBankConfig
 from ..padim.torch_model import check_n_features, mahalanobis_distances, random_channels
-from ..patchcore.torch_model import check_coreset_ratio, nearest_distances
+from ..patchcore.torch_model import check_coreset_ratio, check_neighbourhood, nearest_distances
 
 torch = require_torch()
 nn = torch.nn
@@ -22,6 +22,7 @@ class EnsembleConfig(FeatureBankConfig):
     model: str = "ensemble"
     coreset_ratio: float = 0.01
     projection_dim: int = 128
+    neighbourhood: int = 1  # PatchCore's patch averaging, as in PatchCoreConfig
     bank_size: int = 0
     feature_dim: int = 0
     n_features: int = 100
@@ -30,9 +31,12 @@ class EnsembleConfig(FeatureBankConfig):
     # Calibrated score = (raw - its median on held-out good patches) / (its q-quantile - that median).
     calibration_quantile: float = 0.995
 
+    LEGACY = {**FeatureBankConfig.LEGACY, "neighbourhood": 3}
+
     def validate(self) -> None:
         super().validate()
         check_coreset_ratio(self.coreset_ratio)
+        check_neighbourhood(self.neighbourhood)
         check_n_features(self.n_features)
         if not 0.0 < self.calibration_share < 1.0 or not 0.5 < self.calibration_quantile < 1.0:
             raise ConfigError("calibration_share must be in (0, 1), calibration_quantile in (0.5, 1): e.g. 0.1, 0.995")
@@ -67,10 +71,10 @@ class EnsembleModel(MapScoring, nn.Module):
         self.blur = GaussianBlur(config.sigma)
 
     def embed(self, image):
-        """(PatchCore's locally aware features, PaDiM's channel subset), both at stride 8, from one backbone pass."""
+        """(PatchCore's patch features, PaDiM's channel subset), both at stride 8, from one backbone pass."""
         features = self.feature_extractor(image)
-        local = aggregate_features(features, local_pool=True)
-        plain = aggregate_features(features, local_pool=False, mode="nearest").index_select(1, self.channel_index)
+        local = aggregate_features(features, self.config.neighbourhood)
+        plain = aggregate_features(features, mode="nearest").index_select(1, self.channel_index)
         return local, plain
 
     def combine(self, nearest, mahalanobis, calibration):

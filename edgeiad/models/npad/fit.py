@@ -94,7 +94,7 @@ def fit_npad(config: NpadConfig, batches: Iterable, device: str = "cpu", progres
     watch = Stopwatch()
     extractor = FeatureExtractor(config.backbone, config.resolved_layers(), tuple(config.image_size)).to(device)
     with watch.time("embedding_s"):
-        features = collect_embeddings(lambda image: aggregate_features(extractor(image), False), batches, device)
+        features = collect_embeddings(lambda image: aggregate_features(extractor(image)), batches, device)
     channels = select_channels(features, config.n_features)
     embedding = features.index_select(1, channels).double()
     del features

@@ -116,7 +116,7 @@ class NpadModel(nn.Module):
 
     def embed(self, image):
         """The kept channels of the stride-8 multi-scale features, N×d×h×w."""
-        features = aggregate_features(self.feature_extractor(image), local_pool=False)
+        features = aggregate_features(self.feature_extractor(image))
         return features.index_select(1, self.channel_index)
 
     def aggregate(self, embedding):

@@ -88,7 +88,7 @@ class PadimModel(MapScoring, nn.Module):
     def embed(self, image, features=None):
         """Random channel subset of the multi-scale features, N×d×h×w (from `features` when given)."""
         features = self.feature_extractor(image) if features is None else features
-        return aggregate_features(features, local_pool=False, mode="nearest").index_select(1, self.channel_index)
+        return aggregate_features(features, mode="nearest").index_select(1, self.channel_index)
 
     def forward(self, image, mean=None, inv_covariance=None, features=None):
         mean = self.mean if mean is None else mean

@@ -31,13 +31,19 @@ class PatchCoreConfig(FeatureBankConfig):
     min_bank: int = 1024
     # Most memory-bank rows (0 = no cap): bounds memory and latency when `edgeiad update` keeps adding images.
     max_bank: int = 0
+    # Side of the square each patch feature is averaged over before the search (the paper's neighbourhood p).
+    # NEIGHBOURHOOD_NOTE
+    neighbourhood: int = 1
     # Share of training images that may be defective (0 = off): a quarter of that share of the training patches,
     # the least like other images at the same place, is dropped before the coreset (see models/_robust.py).
     denoise: float = 0.0
 
+    LEGACY = {**FeatureBankConfig.LEGACY, "neighbourhood": 3}  # runs fitted before the field existed used 3
+
     def validate(self) -> None:
         super().validate()
         check_coreset_ratio(self.coreset_ratio)
+        check_neighbourhood(self.neighbourhood)
         check_fraction("denoise", self.denoise)
         if self.min_bank < 1:
             raise ConfigError(f"min_bank {self.min_bank} must be >= 1 (default 1024 rows, or all patches if fewer)")
@@ -48,6 +54,11 @@ class PatchCoreConfig(FeatureBankConfig):
 def check_coreset_ratio(ratio: float) -> None:
     if not 0.0 < ratio <= 1.0:
         raise ConfigError(f"coreset ratio {ratio} is out of range: use a value in (0, 1], e.g. 0.01")
+
+
+def check_neighbourhood(size: int) -> None:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1 or size % 2 == 0 or size > 9:
+        raise ConfigError(f"neighbourhood {size!r} is invalid: use an odd patch side from 1 (no averaging) to 9, e.g. 3")
 
 
 def nearest_distances(embedding, memory_bank):
@@ -80,8 +91,10 @@ class PatchCoreModel(MapScoring, nn.Module):
     accepts_features = True  # forward/infer take the backbone's outputs from a wrapper that computed them (segad)
 
     def embed(self, image, features=None):
-        """Locally aware patch features, N×D×h×w at the finest chosen stride (from `features` when given)."""
-        return aggregate_features(self.feature_extractor(image) if features is None else features, local_pool=True)
+        """Patch features, N×D×h×w at the finest chosen stride (from `features` when given), each averaged over its
+        `neighbourhood` when that is above 1."""
+        features = self.feature_extractor(image) if features is None else features
+        return aggregate_features(features, self.config.neighbourhood)
 
     def patch_scores(self, embedding, memory_bank):
         """Nearest-neighbour distance of every patch to the bank, N×1×h×w."""

@@ -120,7 +120,7 @@ class StudentTeacherModel(nn.Module):
     def features(self, image):
         """(early stride-4 features, raw teacher features on the stride-8 grid)."""
         early, *deep = self.feature_extractor(image)
-        return early, aggregate_features(deep, local_pool=False)
+        return early, aggregate_features(deep)
 
     def embed(self, image):
         """Standardised teacher features (what bench times as the backbone)."""
