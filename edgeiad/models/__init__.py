@@ -90,7 +90,7 @@ def get_model(name: str) -> ModelSpec:
 register_model(
     ModelSpec(
         name="patchcore",
-        summary="kNN distance of locally aware patch features to a greedy-coreset memory bank",
+        summary="kNN distance of multi-scale patch features to a greedy-coreset memory bank",
         paper="Roth et al., Towards Total Recall in Industrial Anomaly Detection, CVPR 2022",
         module="patchcore",
         config_class="PatchCoreConfig",
