@@ -110,6 +110,48 @@ def test_int8_for_tensorrt_keeps_symmetric_signed_activations(trained_runs, tmp_
     assert zero_points and all(not numpy_helper.to_array(initializers[z]).any() for z in zero_points)
 
 
+def test_int8_keeps_the_backbone_stem_and_first_blocks_float_as_a_prefix(trained_runs, tmp_path):
+    """The stem and first blocks amplify 8-bit rounding (BackboneSpec.int8_fp32_blocks), so INT8 leaves them fp32;
+    no DequantizeLinear may feed them, or ONNX Runtime re-quantizes them per tensor when the session loads."""
+    import ast
+
+    import onnx
+
+    artifact = export_run(trained_runs["patchcore"], "onnx", "int8", "baked", "1", out=tmp_path / "q")
+    graph = onnx.load(str(artifact / "model.onnx")).graph
+    producers = {out: node for node in graph.node for out in node.output}
+
+    def scopes(node):
+        props = {p.key: p.value for p in node.metadata_props}
+        return [str(s) for s in ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))]
+
+    def early(node):
+        return any(s.endswith(("feature_extractor.stem", "feature_extractor.blocks.0", "feature_extractor.blocks.1"))
+                   for s in scopes(node))  # fmt: skip
+
+    def upstream_ops(node, seen=None):
+        seen = set() if seen is None else seen
+        for name in node.input:
+            parent = producers.get(name)
+            if parent is not None and parent.name not in seen:
+                seen.add(parent.name)
+                yield parent.op_type
+                yield from upstream_ops(parent, seen)
+
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    early_convs = [node for node in convs if early(node)]
+    backbone = [node for node in convs if any("feature_extractor.blocks" in s for s in scopes(node))]
+    late_convs = [node for node in backbone if not early(node)]
+    assert len(early_convs) >= 5 and late_convs
+    assert not any("DequantizeLinear" in set(upstream_ops(node)) for node in early_convs)
+    assert all(producers[node.input[1]].op_type == "DequantizeLinear" for node in late_convs)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["export"]["int8_kept_fp32"] == [
+        "feature_extractor.stem", "feature_extractor.blocks.0", "feature_extractor.blocks.1"
+    ]  # fmt: skip
+    assert manifest["parity"]["passed"] is True
+
+
 def test_int8_of_a_student_teacher_keeps_student_and_autoencoder_float(trained_runs, tmp_path):
     """Backbone-only INT8 quantizes the frozen teacher, never the trained student and autoencoder whose
     difference from it is the anomaly map."""

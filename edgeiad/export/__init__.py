@@ -130,7 +130,7 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
     """model.onnx first (every target starts from it), then the target's own conversion."""
     from edgeiad_runtime.safetensors_io import save_file
 
-    from .onnx import compress_fp16, export_onnx, quantize_backbone_int8, stats_tensors
+    from .onnx import compress_fp16, export_onnx, int8_fp32_scopes, quantize_backbone_int8, stats_tensors
 
     onnx_path = staging / "model.onnx"
     arrays = stats_tensors(model, stats_dtype)
@@ -147,6 +147,7 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
         echo("quantizing the backbone to INT8 (the distance part stays fp32)")
         signed = spec.name == "trt"  # TensorRT's Q/DQ must be symmetric int8; ORT on x86 runs U8S8 fastest
         facts.update(quantize_backbone_int8(onnx_path, calibration, backbone_nodes, feeds, signed_activations=signed))
+        facts["int8_kept_fp32"] = list(int8_fp32_scopes(model))
     if spec.name == "openvino":
         facts["openvino"] = _to_openvino(onnx_path, staging, precision, calibration, backbone_nodes, feeds, echo)
     if spec.name == "trt":

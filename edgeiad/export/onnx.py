@@ -70,14 +70,27 @@ def export_onnx(model, path: Path, batch: dict, stats_mode: str, stats_dtype: st
         "opset": OPSET,
         "nodes": len(graph.node),
         "external_data": big,
-        "backbone_nodes": backbone_node_names(graph),
+        "backbone_nodes": backbone_node_names(graph, int8_fp32_scopes(model)),
     }
 
 
-def backbone_node_names(graph) -> list[str]:
+def int8_fp32_scopes(model) -> tuple[str, ...]:
+    """Module scopes of the backbone that INT8 leaves in fp32: its stem and first blocks (see BackboneSpec)."""
+    from ..models.backbones import get_backbone
+
+    backbone = getattr(getattr(model, "config", None), "backbone", None)
+    count = get_backbone(backbone).int8_fp32_blocks if backbone else 0
+    return ("feature_extractor.stem", *(f"feature_extractor.blocks.{i}" for i in range(count))) if count else ()
+
+
+def backbone_node_names(graph, fp32_scopes: tuple[str, ...] = ()) -> list[str]:
     """Names of the nodes that came from a `feature_extractor` module, the model's own or a wrapped base
-    detector's (`bases.0.feature_extractor`): the dynamo exporter records module scopes."""
+    detector's (`bases.0.feature_extractor`): the dynamo exporter records module scopes. Nodes inside one of
+    `fp32_scopes` (e.g. `feature_extractor.stem`, matched at any depth) are left out: INT8 keeps them fp32."""
     import ast
+
+    def inside(scope: str, name: str) -> bool:
+        return scope == name or scope.endswith("." + name)
 
     names = []
     for node in graph.node:
@@ -85,12 +98,14 @@ def backbone_node_names(graph) -> list[str]:
             if prop.key != "pkg.torch.onnx.name_scopes":
                 continue
             try:
-                scopes = ast.literal_eval(prop.value)
+                scopes = [str(s) for s in ast.literal_eval(prop.value)]
             except (ValueError, SyntaxError):
                 continue
-            if any(s == "feature_extractor" or str(s).endswith(".feature_extractor") for s in scopes):
+            if any(inside(s, "feature_extractor") for s in scopes) and not any(
+                inside(s, name) for s in scopes for name in fp32_scopes
+            ):
                 names.append(node.name)
-                break
+            break
     return names
 
 

@@ -37,8 +37,7 @@ def aggregate_features(features: list, neighbourhood: int = 1, mode: str = "bili
     if neighbourhood > 1:
         pad = neighbourhood // 2
         features = [
-            F.avg_pool2d(f, kernel_size=neighbourhood, stride=1, padding=pad, count_include_pad=False)
-            for f in features
+            F.avg_pool2d(f, kernel_size=neighbourhood, stride=1, padding=pad, count_include_pad=False) for f in features
         ]
     size = features[0].shape[-2:]
     resized = [features[0]]

@@ -62,7 +62,7 @@ def check_coreset_ratio(ratio: float) -> None:
 
 def check_neighbourhood(size: int) -> None:
     if not isinstance(size, int) or isinstance(size, bool) or size < 1 or size % 2 == 0 or size > 9:
-        raise ConfigError(f"neighbourhood {size!r} is invalid: use an odd patch side from 1 (no averaging) to 9, e.g. 3")
+        raise ConfigError(f"neighbourhood {size!r} is invalid: use an odd side from 1 (no averaging) to 9, e.g. 3")
 
 
 def nearest_distances(embedding, memory_bank):
