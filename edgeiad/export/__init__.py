@@ -136,7 +136,9 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
     arrays = stats_tensors(model, stats_dtype)
     echo(f"exporting {model.config.model} to ONNX (stats {stats}, bank {stats_dtype}, batch {batch['mode']})")
     facts = export_onnx(model, onnx_path, batch, stats, stats_dtype)
-    backbone_nodes = facts.pop("backbone_nodes")
+    # OpenVINO finds its scoring part downstream of the non-backbone nodes, so it gets the whole backbone; the
+    # ONNX Runtime / TensorRT Q/DQ pass leaves the backbone's first blocks in fp32 (BackboneSpec.int8_fp32_blocks).
+    backbone_nodes, int8_nodes = facts.pop("backbone_nodes"), facts.pop("int8_nodes")
     if stats == "sidecar":
         save_file(arrays, staging / "stats.safetensors", metadata={"model": model.config.model})
     feeds = arrays if stats == "sidecar" else {}
@@ -146,7 +148,7 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
     if spec.name in ("onnx", "trt") and precision == "int8":
         echo("quantizing the backbone to INT8 (the distance part stays fp32)")
         signed = spec.name == "trt"  # TensorRT's Q/DQ must be symmetric int8; ORT on x86 runs U8S8 fastest
-        facts.update(quantize_backbone_int8(onnx_path, calibration, backbone_nodes, feeds, signed_activations=signed))
+        facts.update(quantize_backbone_int8(onnx_path, calibration, int8_nodes, feeds, signed_activations=signed))
         facts["int8_kept_fp32"] = list(int8_fp32_scopes(model))
     if spec.name == "openvino":
         facts["openvino"] = _to_openvino(onnx_path, staging, precision, calibration, backbone_nodes, feeds, echo)

@@ -70,7 +70,8 @@ def export_onnx(model, path: Path, batch: dict, stats_mode: str, stats_dtype: st
         "opset": OPSET,
         "nodes": len(graph.node),
         "external_data": big,
-        "backbone_nodes": backbone_node_names(graph, int8_fp32_scopes(model)),
+        "backbone_nodes": backbone_node_names(graph),
+        "int8_nodes": backbone_node_names(graph, int8_fp32_scopes(model)),
     }
 
 
