@@ -33,7 +33,7 @@ class PatchCoreConfig(FeatureBankConfig):
     max_bank: int = 0
     # Side of the square each patch feature is averaged over before the search (the paper's neighbourhood p; 1 = no
     # averaging). Measured eager on the six development sets, image / pixel AUROC, p = 3 → 1: deeppcb 0.601 → 0.733
-    # / 0.883 → 0.975, bsdata-full 0.959 → 0.961 / 0.989 → 0.994, bsdata 0.999 → 0.997 / 0.975 → 0.988, cfd
+    # / 0.883 → 0.975, bsdata-full 0.959 → 0.960 / 0.989 → 0.994, bsdata 0.999 → 0.997 / 0.975 → 0.988, cfd
     # 0.943 → 0.934 / 0.911 → 0.929, ELPV mono 0.903 → 0.897, poly 0.793 → 0.741; mean image 0.866 → 0.877, mean
     # pixel 0.939 → 0.971. At 384 px a 3×3 cell average spans 24 px and blurs defects a few pixels wide into their
     # surroundings; grainy textures (ELPV poly) lose, so p = 3 stays available (docs/quality-study.md).
