@@ -69,6 +69,37 @@ def test_train_evaluate_predict_round_trip(synthetic_mvtec, tmp_path, capsys):
     )
 
 
+def test_train_set_overrides_any_config_field_and_records_it(synthetic_mvtec, tmp_path, capsys):
+    pytest.importorskip("torch", reason="needs the [train] extra")
+    run = tmp_path / "run"
+    args = ["train", "patchcore", "--data", synthetic_mvtec, "--out", run, *SMALL]
+    code, _, err = run_cli([*args, "--set", "neighbourhood=3", "--set", "layers=[4, 10]", "--set", "sigma=2"], capsys)
+    assert code == 0, err
+    config = json.loads((run / "config.json").read_text())["model"]
+    assert config["neighbourhood"] == 3 and config["layers"] == [4, 10] and config["sigma"] == 2
+    default = tmp_path / "default"
+    assert run_cli(["train", "patchcore", "--data", synthetic_mvtec, "--out", default, *SMALL], capsys)[0] == 0
+    assert json.loads((default / "config.json").read_text())["model"]["neighbourhood"] == 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "pattern"),
+    [
+        (["--set", "colour=red"], r"patchcore has no setting 'colour': use one of .*neighbourhood"),
+        (["--set", "neighbourhood"], r"--set 'neighbourhood' is invalid: use key=value"),
+        (["--set", "neighbourhood=4"], r"neighbourhood 4 is invalid: use an odd side"),
+        (["--set", "sigma=1", "--set", "sigma=2"], r"--set sigma is given twice"),
+        (["--set", "seed=1", "--seed", "2"], r"seed is given both as --set and as its own option"),
+    ],
+)
+def test_train_set_rejects_unknown_or_bad_settings_before_training(setting, pattern, synthetic_mvtec, tmp_path, capsys):
+    pytest.importorskip("torch", reason="needs the [train] extra")
+    run = tmp_path / "run"
+    code, _, err = run_cli(["train", "patchcore", "--data", synthetic_mvtec, "--out", run, *SMALL, *setting], capsys)
+    assert_one_line_error(code, err, pattern)
+    assert not run.exists()
+
+
 def test_predict_keeps_folder_structure_and_writes_raw_maps_at_the_images_size(
     trained_runs, synthetic_mvtec, tmp_path, capsys
 ):

@@ -88,11 +88,19 @@ def train(
         "share of its training patches, those least like other images at the same place; padim trims as much "
         "from each position's Gaussian",
     ),
+    settings: list[str] = typer.Option(
+        None,
+        "--set",
+        help="any config setting of MODEL, key=value, repeatable (e.g. --set neighbourhood=3 --set "
+        "layers=[4,10,14]); the fields are in the run's config.json",
+    ),
     json_out: bool = typer.Option(False, "--json", help="print the run folder and its metrics as JSON at the end"),
 ) -> None:
     """Fit MODEL on the good images of --data, fit thresholds on a validation split, evaluate on the rest."""
     from ..engine import train as run_training
+    from ..study.plan import model_settings
 
+    chosen = model_settings(model.lower(), settings or [])
     overrides = {"backbone": backbone, "seed": seed}
     if image_size is not None:
         overrides["image_size"] = (image_size, image_size)
@@ -127,6 +135,11 @@ def train(
             overrides["segmentation"] = segmentation or "labels"
         elif segmentation is not None:
             overrides["segmentation"] = segmentation
+    named = {key for key, value in overrides.items() if value is not None}
+    clash = sorted(named & set(chosen))
+    if clash:
+        raise typer.BadParameter(f"{clash[0]} is given both as --set and as its own option: keep one")
+    overrides = {**{key: value for key, value in overrides.items() if value is not None}, **chosen}
     run = run_training(
         model,
         data,

@@ -68,6 +68,24 @@ def _field_names(model: str) -> set[str]:
     return {f.name for f in fields(get_model(model).config_cls())} - {"model", "extra"}
 
 
+def model_settings(model: str, pairs: list[str]) -> dict:
+    """`key=value` pairs (`edgeiad train --set`) into config overrides for one model, each key checked against
+    its config fields; the values themselves are checked when the config is built."""
+    names = _field_names(model)
+    chosen: dict = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r} is invalid: use key=value, e.g. neighbourhood=3 or layers=[4,10,14]")
+        if key not in names:
+            raise ConfigError(f"{model} has no setting {key!r}: use one of {', '.join(sorted(names))}")
+        if key in chosen:
+            raise ConfigError(f"--set {key} is given twice: keep one")
+        chosen[key] = parse_value(key, text.strip())
+    return chosen
+
+
 def parse_value(key: str, text: str):
     """A setting's value: JSON when it parses (0.1, true, [4, 10]), `N` or `HxW` for image_size, else the text."""
     if key == "image_size":
