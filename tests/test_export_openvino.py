@@ -179,6 +179,37 @@ def test_int8_quantizes_only_the_backbone(ov, models, images, tmp_path, variant)
     np.testing.assert_allclose(got[0], expected[0], atol=0.2)
 
 
+def test_int8_keeps_the_named_float_prefix_out_of_quantization(ov, models, images, tmp_path):
+    """The backbone's first blocks stay fp32 on OpenVINO too (BackboneSpec.int8_fp32_blocks): no FakeQuantize
+    lies upstream of the prefix's convolution, the convolution after it is quantized, and the scoring part stays
+    float."""
+    calibration = np.random.default_rng(2).uniform(-1, 1, (6, 3, SIZE, SIZE)).astype(np.float32)
+    prefix = ["bb_conv1", "bb_relu6_1"]
+    info = convert_to_openvino(models["baked"], tmp_path, "int8", calibration, fp32_nodes=prefix)
+    assert info["int8"]["fp32_prefix_ops"] >= 3 and info["int8"]["fake_quantize"] > 0
+    ops = ov.Core().read_model(str(tmp_path / "model.xml")).get_ordered_ops()
+
+    def upstream_types(op, seen):
+        for port in op.inputs():
+            parent = port.get_source_output().get_node()
+            if parent.get_friendly_name() not in seen:
+                seen.add(parent.get_friendly_name())
+                yield parent.get_type_name()
+                yield from upstream_types(parent, seen)
+
+    first, second = [op for op in ops if op.get_type_name() == "Convolution"][:2]  # the blur comes after them
+    assert "FakeQuantize" not in set(upstream_types(first, set()))
+    assert "FakeQuantize" in {port.get_source_output().get_node().get_type_name() for port in second.inputs()}
+    assert_scoring_unquantized(ov, tmp_path / "model.xml")
+    got, expected = (
+        _run_ir(ov, tmp_path / "model.xml", {"image": images}),
+        _reference(models["baked"], {"image": images}),
+    )
+    np.testing.assert_allclose(got[1], expected[1], rtol=5e-2)
+    with pytest.raises(ConfigError, match="not found"):
+        convert_to_openvino(models["baked"], tmp_path / "x", "int8", calibration, fp32_nodes=["no_such_node"])
+
+
 def test_without_the_ignored_scope_nncf_would_quantize_the_distance(ov, models):
     nncf = pytest.importorskip("nncf")
     from edgeiad.export.openvino import quantized_scoring_inputs, scoring_ops

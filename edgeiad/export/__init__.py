@@ -136,8 +136,9 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
     arrays = stats_tensors(model, stats_dtype)
     echo(f"exporting {model.config.model} to ONNX (stats {stats}, bank {stats_dtype}, batch {batch['mode']})")
     facts = export_onnx(model, onnx_path, batch, stats, stats_dtype)
-    # OpenVINO finds its scoring part downstream of the non-backbone nodes, so it gets the whole backbone; the
-    # ONNX Runtime / TensorRT Q/DQ pass leaves the backbone's first blocks in fp32 (BackboneSpec.int8_fp32_blocks).
+    # INT8 leaves the backbone's first blocks in fp32 (BackboneSpec.int8_fp32_blocks): ONNX Runtime and TensorRT
+    # quantize `int8_nodes` only. OpenVINO finds its scoring part downstream of the non-backbone nodes, so it gets
+    # the whole backbone for that split and the first blocks as a float prefix for NNCF's ignored scope.
     backbone_nodes, int8_nodes = facts.pop("backbone_nodes"), facts.pop("int8_nodes")
     if stats == "sidecar":
         save_file(arrays, staging / "stats.safetensors", metadata={"model": model.config.model})
@@ -151,7 +152,12 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
         facts.update(quantize_backbone_int8(onnx_path, calibration, int8_nodes, feeds, signed_activations=signed))
         facts["int8_kept_fp32"] = list(int8_fp32_scopes(model))
     if spec.name == "openvino":
-        facts["openvino"] = _to_openvino(onnx_path, staging, precision, calibration, backbone_nodes, feeds, echo)
+        fp32_prefix = sorted(set(backbone_nodes) - set(int8_nodes))
+        facts["openvino"] = _to_openvino(
+            onnx_path, staging, precision, calibration, backbone_nodes, feeds, echo, fp32_prefix
+        )
+        if precision == "int8":
+            facts["int8_kept_fp32"] = list(int8_fp32_scopes(model))
     if spec.name == "trt":
         facts["engine"] = _to_tensorrt(onnx_path, staging, precision, batch, model, arrays, stats, calibration, echo)
         from .tensorrt import save_parity_images
@@ -160,7 +166,8 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
     return facts
 
 
-def _to_openvino(onnx_path: Path, staging: Path, precision, calibration, backbone_nodes, feeds, echo) -> dict:
+def _to_openvino(onnx_path: Path, staging: Path, precision, calibration, backbone_nodes, feeds, echo,
+                 fp32_prefix=()) -> dict:  # fmt: skip
     import onnx
 
     from .openvino import convert_to_openvino
@@ -169,7 +176,9 @@ def _to_openvino(onnx_path: Path, staging: Path, precision, calibration, backbon
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     backbone = set(backbone_nodes)
     scoring = [node.name for node in graph.node if node.name not in backbone]
-    info = convert_to_openvino(onnx_path, staging, precision, calibration, scoring, stats=feeds or None)
+    info = convert_to_openvino(
+        onnx_path, staging, precision, calibration, scoring, stats=feeds or None, fp32_nodes=list(fp32_prefix)
+    )
     onnx_path.unlink()
     onnx_path.with_name(onnx_path.name + ".data").unlink(missing_ok=True)
     return info

@@ -97,12 +97,15 @@ def convert_to_openvino(
     calibration: np.ndarray | None = None,
     scoring_nodes: list[str] | None = None,
     stats: dict[str, np.ndarray] | None = None,
+    fp32_nodes: list[str] | None = None,
 ) -> dict:
     """Write out_dir/model.xml + model.bin from an ONNX file; INT8 quantizes the backbone only.
 
     `scoring_nodes` are ONNX node (or output tensor) names of the scoring part; without them the split is
     found from the graph (see partition_scoring). `stats` feeds sidecar inputs during calibration; zeros
     of the declared shape are used otherwise, which is harmless because nothing downstream is measured.
+    `fp32_nodes` name the backbone's first nodes that INT8 keeps in float (BackboneSpec.int8_fp32_blocks); they,
+    and everything they are computed from, join NNCF's ignored scope.
     """
     hint = openvino_precision_hint(precision)
     ov = require("openvino", EXTRA)
@@ -116,7 +119,8 @@ def convert_to_openvino(
     int8 = None
     if nncf is not None:
         seeds = _seeds_from_onnx(onnx_path, scoring_nodes) if scoring_nodes is not None else None
-        model, int8 = quantize_backbone(model, np.asarray(calibration, np.float32), seeds, stats)
+        prefix = _seeds_from_onnx(onnx_path, fp32_nodes) if fp32_nodes else set()
+        model, int8 = quantize_backbone(model, np.asarray(calibration, np.float32), seeds, stats, prefix)
     _save_atomic(ov, model, Path(out_dir), compress_to_fp16=(precision == "fp16"))
     return {
         "precision_hint": hint,
@@ -183,12 +187,40 @@ def scoring_ops(model, seed_tensors: set[str] | None = None) -> set[str]:
     return partition_scoring(nodes, seeds)
 
 
+def prefix_ops(model, tensors: set[str]) -> set[str]:
+    """Friendly names of the OpenVINO ops that produce one of these ONNX tensors, and of every op upstream of them.
+
+    Matching by tensor name alone would miss ops the conversion split off without a name (a Conv's bias Add
+    carries the ONNX output; the Convolution before it does not), so the walk goes up the graph from the matches.
+    """
+    nodes, _stats, names = openvino_graph(model)
+    seeds = {name for name, produced in names.items() if produced & tensors}
+    if tensors and not seeds:
+        raise ConfigError("none of the float prefix's nodes exists in the OpenVINO model: cannot keep it in float")
+    producer = {tensor: node for node in nodes for tensor in node.outputs}
+    by_name = {node.name: node for node in nodes}
+    found, stack = set(seeds), list(seeds)
+    while stack:
+        for tensor in by_name[stack.pop()].inputs:
+            parent = producer.get(tensor)
+            if parent is not None and parent.name not in found:
+                found.add(parent.name)
+                stack.append(parent.name)
+    return found
+
+
 def quantize_backbone(
-    model, calibration: np.ndarray, seed_tensors: set[str] | None = None, stats: dict[str, np.ndarray] | None = None
+    model,
+    calibration: np.ndarray,
+    seed_tensors: set[str] | None = None,
+    stats: dict[str, np.ndarray] | None = None,
+    fp32_tensors: set[str] = frozenset(),
 ) -> tuple[object, dict]:
-    """NNCF post-training INT8 with the whole scoring part in the ignored scope; returns (model, facts)."""
+    """NNCF post-training INT8 with the whole scoring part, and the float prefix that produces `fp32_tensors`, in
+    the ignored scope; returns (model, facts)."""
     nncf = require("nncf", EXTRA)
-    ignored = scoring_ops(model, seed_tensors)
+    prefix = prefix_ops(model, set(fp32_tensors))
+    ignored = scoring_ops(model, seed_tensors) | prefix
     items = _calibration_items(model, calibration, stats or {})
     quiet, level = logging.getLogger("nncf"), logging.getLogger("nncf").level
     quiet.setLevel(logging.WARNING)  # NNCF logs every ignored node at INFO: noise in the export output
@@ -213,6 +245,7 @@ def quantize_backbone(
         "calibration_images": int(len(calibration)),
         "subset_size": len(items),
         "ignored_ops": len(ignored),
+        "fp32_prefix_ops": len(prefix),
         "fake_quantize": sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops()),
         "scoring_from": "caller" if seed_tensors is not None else "graph",
     }
