@@ -1,0 +1,164 @@
+"""Offline PatchCore lever study (#14): levers that `edgeiad study --set` cannot express.
+
+`fit` trains PatchCore eagerly on one set with config overrides and optional changes to the input or the features,
+prints image / pixel AUROC and AUPRO, and saves the raw patch-score maps; `scores` compares image-score functions on
+saved maps without refitting. Results and their reading: docs/quality-study.md ("ELPV mono").
+
+    python benchmarks/studies/patchcore_levers.py fit elpv-mono study/levers/base
+    python benchmarks/studies/patchcore_levers.py fit elpv-mono study/levers/l14 --set "layers=(4, 10, 14)"
+    python benchmarks/studies/patchcore_levers.py fit elpv-mono study/levers/flips --bank-flips \
+        --set coreset_ratio=0.00125   # 8 views of each cell, same bank size
+    python benchmarks/studies/patchcore_levers.py scores study/levers/base study/levers/l14
+
+SET is elpv-mono, elpv-poly, a dev set name (bsdata, bsdata-full, deeppcb, cfd under ../shared/data) or a folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+DEV_SETS = {"bsdata": SHARED / "bsdata", **{name: SHARED / "dev" / name for name in ("bsdata-full", "deeppcb", "cfd")}}
+SHARES = {"max": 0.0, "top 2 %": 0.02, "top 5 %": 0.05, "top 10 %": 0.10}
+
+
+def _stretch(rgb: np.ndarray) -> np.ndarray:
+    """Per-image contrast stretch: the 1st..99th percentile of the gray level onto 0..255."""
+    gray = rgb.mean(axis=2, dtype=np.float32)
+    low, high = np.percentile(gray, [1, 99])
+    gray = np.clip((gray - low) * 255.0 / max(float(high - low), 1.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+
+
+def _patch(args) -> None:
+    """Monkeypatch the lever under study into edgeiad's own fit and scoring path."""
+    import edgeiad.data.loader as loader
+    import edgeiad.engine as engine
+    import edgeiad.models.patchcore.torch_model as patchcore
+
+    if args.stretch:
+        read = loader.load_rgb
+        loader.load_rgb = lambda sample: _stretch(read(sample))
+    if args.deep_weight != 1.0:
+        aggregate = patchcore.aggregate_features
+
+        def weighted(features, neighbourhood=1, mode="bilinear"):
+            features = list(features)
+            features[-1] = features[-1] * args.deep_weight
+            return aggregate(features, neighbourhood, mode)
+
+        patchcore.aggregate_features = weighted
+    if args.bank_flips:
+        batches = engine.iter_batches
+
+        def with_flips(samples, preprocessing, *rest, **options):
+            for array, chunk in batches(samples, preprocessing, *rest, **options):
+                views = [array, array[..., ::-1], array[..., ::-1, :], array[..., ::-1, ::-1]]
+                if array.shape[-1] == array.shape[-2]:
+                    views += [np.swapaxes(view, -1, -2) for view in views]
+                for view in views:
+                    yield np.ascontiguousarray(view), chunk
+
+        engine.iter_batches = with_flips  # fit_model reads its training batches through this name only
+
+
+def fit(args) -> None:
+    import torch
+
+    from edgeiad.data import load_dataset
+    from edgeiad.data.elpv import BUILTIN, _load_arrays
+    from edgeiad.engine import compute_metrics, fit_model, score_samples
+    from edgeiad.models.patchcore.torch_model import PatchCoreConfig, PatchCoreModel
+
+    torch.set_num_threads(args.threads)
+    overrides = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = ast.literal_eval(value.strip())
+    dataset = load_dataset(str(DEV_SETS.get(args.dataset, args.dataset)))
+    config = PatchCoreConfig(**overrides)
+    _patch(args)
+    started = time.perf_counter()
+    model, _info = fit_model(config, dataset)
+    fit_s = time.perf_counter() - started
+    raw = []
+    to_map = PatchCoreModel.to_map
+
+    def keep_raw(self, patch_scores):
+        raw.append(patch_scores[:, 0].float().numpy().copy())
+        return to_map(self, patch_scores)
+
+    PatchCoreModel.to_map = keep_raw
+    scored = score_samples(model, dataset.test, config.preprocessing(), with_masks=dataset.has_masks)
+    metrics = compute_metrics(scored)
+    out = Path(args.out) / args.dataset
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "raw.npy", np.concatenate(raw))
+    np.save(out / "labels.npy", scored.labels)
+    if args.dataset in BUILTIN:  # ELPV: keep each cell's rater probability for the breakdown
+        _images, probs, _types, paths = _load_arrays()
+        by_path = {"elpv:" + path: prob for path, prob in zip(paths, probs)}
+        np.save(out / "prob.npy", np.array([by_path[s.path] for s in dataset.test]))
+    result = {key: metrics.get(key) for key in ("image_auroc", "pixel_auroc", "aupro")}
+    result |= {"fit_s": round(fit_s, 1), "image_size": list(config.image_size), "bank": config.bank_size,
+               "sigma": config.sigma, "args": vars(args)}  # fmt: skip
+    (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    print(args.dataset, json.dumps({k: v for k, v in result.items() if k != "args"}))
+
+
+def _image_scores(folder: Path) -> dict[str, np.ndarray]:
+    import torch
+    import torch.nn.functional as F
+
+    from edgeiad.models._ops import GaussianBlur
+
+    meta = json.loads((folder / "metrics.json").read_text())
+    raw = torch.from_numpy(np.load(folder / "raw.npy")).unsqueeze(1)
+    upsampled = F.interpolate(raw, size=tuple(meta["image_size"]), mode="bilinear", align_corners=False)
+    smooth = GaussianBlur(meta.get("sigma", 4.0))(upsampled)
+    ranked = np.sort(smooth.flatten(1).numpy(), axis=1)[:, ::-1]
+    top = {name: ranked[:, : max(1, int(np.ceil(share * ranked.shape[1])))].mean(1) for name, share in SHARES.items()}
+    return top | {"top 5 % − median": top["top 5 %"] - np.median(ranked, axis=1)}
+
+
+def scores(args) -> None:
+    from edgeiad.metrics.image import roc_auc
+
+    for run in args.runs:
+        for folder in sorted(p for p in Path(run).iterdir() if (p / "raw.npy").is_file()):
+            labels = np.load(folder / "labels.npy")
+            prob = np.load(folder / "prob.npy") if (folder / "prob.npy").is_file() else None
+            for name, values in _image_scores(folder).items():
+                line = f"{run} {folder.name:12s} {name:18s} AUROC {roc_auc(labels, values):.4f}"
+                if prob is not None:  # ELPV: good cells against each rater probability
+                    for level in (1 / 3, 2 / 3, 1.0):
+                        keep = (prob == 0) | np.isclose(prob, level)
+                        line += f"  p={level:.2f} {roc_auc(labels[keep], values[keep]):.4f}"
+                print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("fit")
+    one.add_argument("dataset")
+    one.add_argument("out")
+    one.add_argument("--set", action="append", default=[], help="PatchCoreConfig override, key=python literal")
+    one.add_argument("--deep-weight", type=float, default=1.0, help="scale the deepest tapped block's features")
+    one.add_argument("--stretch", action="store_true", help="per-image 1..99 percentile contrast stretch")
+    one.add_argument("--bank-flips", action="store_true", help="add flipped (and, if square, transposed) views")
+    one.add_argument("--threads", type=int, default=1)
+    many = sub.add_parser("scores")
+    many.add_argument("runs", nargs="+")
+    args = parser.parse_args()
+    fit(args) if args.command == "fit" else scores(args)
+
+
+if __name__ == "__main__":
+    main()
