@@ -182,13 +182,19 @@ def quantize_backbone_int8(
             weight_type=quantization.QuantType.QInt8,
             nodes_to_quantize=backbone_nodes,
             per_channel=True,
+            # 7-bit weights: x86 CPUs without VNNI (AVX2) multiply u8 x s8 pairs into saturating int16 sums; with
+            # 8-bit weights that saturation cost PatchCore 0.042 AUROC on an AVX2-only EPYC (0.9015 -> 0.8593),
+            # with 7-bit 0.0049 (-> 0.8966). An artifact does not know the CPU it will meet. TensorRT does not
+            # saturate.
+            reduce_range=not signed_activations,
             calibrate_method=quantization.CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": signed_activations, "WeightSymmetric": True},
         )
     finally:
         source.unlink(missing_ok=True)
     return {
-        "int8": f"static QDQ {'S8S8' if signed_activations else 'U8S8'} (int8 per-channel weights), backbone only",
+        "int8": f"static QDQ {'S8S8' if signed_activations else 'U8S8'} (int8 per-channel weights"
+        f"{'' if signed_activations else ', 7-bit range'}), backbone only",
         "calibration_images": len(calibration),
         "quantized_nodes": len(backbone_nodes),
     }
