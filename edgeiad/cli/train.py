@@ -135,11 +135,10 @@ def train(
             overrides["segmentation"] = segmentation or "labels"
         elif segmentation is not None:
             overrides["segmentation"] = segmentation
-    named = {key for key, value in overrides.items() if value is not None}
-    clash = sorted(named & set(chosen))
+    clash = sorted(key for key, value in overrides.items() if value is not None and key in chosen)
     if clash:
         raise typer.BadParameter(f"{clash[0]} is given both as --set and as its own option: keep one")
-    overrides = {**{key: value for key, value in overrides.items() if value is not None}, **chosen}
+    overrides.update(chosen)  # make_config drops the options left at None
     run = run_training(
         model,
         data,
