@@ -107,9 +107,22 @@ def fit(args) -> None:
         np.save(out / "prob.npy", np.array([by_path[s.path] for s in dataset.test]))
     result = {key: metrics.get(key) for key in ("image_auroc", "pixel_auroc", "aupro")}
     result |= {"fit_s": round(fit_s, 1), "image_size": list(config.image_size), "bank": config.bank_size,
-               "sigma": config.sigma, "args": vars(args)}  # fmt: skip
+               "sigma": config.sigma, "args": vars(args),
+               "rows_per_query": _rows_per_query(config, raw[0].shape[-2:])}  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
     print(args.dataset, json.dumps({k: v for k, v in result.items() if k != "args"}))
+
+
+def _rows_per_query(config, grid: tuple[int, int]) -> float:
+    """Mean bank rows each query patch is compared with (the kNN's cost per patch): the whole bank, or with region
+    banks each region's rows weighted by its cells."""
+    if config.regions <= 1:
+        return float(config.bank_size)
+    from edgeiad.models.patchcore.regions import layout
+
+    regions = layout(*grid, config.regions, config.region_margin)
+    cells = [(rows.stop - rows.start) * (cols.stop - cols.start) for rows, cols, _rw, _cw in regions]
+    return sum(c * n for c, n in zip(cells, config.region_rows)) / sum(cells)
 
 
 def _image_scores(folder: Path) -> dict[str, np.ndarray]:

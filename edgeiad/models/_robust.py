@@ -66,12 +66,19 @@ def patch_outlier_scores(embeddings, radius: int = 1, neighbours: int = NEIGHBOU
 
 def denoise_patches(embeddings, noise: float):
     """The N×D×h×w patches as rows (M×D) without the noise × DROP_PER_NOISE most outlying ones, and a report."""
+    keep, report = denoise_mask(embeddings, noise)
+    rows = embeddings.permute(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
+    return (rows if keep is None else rows[keep.reshape(-1)]), report
+
+
+def denoise_mask(embeddings, noise: float):
+    """(N×h×w mask of the patches kept, or None when all are, report) for N×D×h×w patches: without the
+    noise × DROP_PER_NOISE most outlying ones."""
     fraction = noise * DROP_PER_NOISE
-    count, dim = embeddings.shape[:2]
-    rows = embeddings.permute(0, 2, 3, 1).reshape(-1, dim)
+    count, _dim, height, width = embeddings.shape
     if fraction <= 0.0 or count < 2:
         reason = "off" if fraction <= 0.0 else "skipped: one training image has no other image to compare with"
-        return rows, {"denoise": reason}
+        return None, {"denoise": reason}
     scores = patch_outlier_scores(embeddings).reshape(-1)
     dropped = int(round(fraction * scores.numel()))
     keep = torch.ones(scores.numel(), dtype=torch.bool)
@@ -84,7 +91,7 @@ def denoise_patches(embeddings, noise: float):
         "most_dropped_images": torch.argsort(per_image, descending=True)[:5].tolist(),
         "most_dropped_share": [round(float(v), 4) for v in per_image.sort(descending=True).values[:5]],
     }
-    return rows[keep], report
+    return keep.reshape(count, height, width), report
 
 
 def trimmed_moments(samples, noise: float, regularization: float):

@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from ...errors import require_torch
+from ...errors import ConfigError, require_torch
 from .._fitting import Stopwatch, collect_embeddings
-from .._robust import denoise_patches
+from .._robust import denoise_mask
 from .coreset import greedy_coreset
+from .regions import layout, region_budgets, select_region_banks
 from .torch_model import PatchCoreConfig, PatchCoreModel
 
 torch = require_torch()
@@ -30,14 +31,26 @@ def fit_patchcore(config: PatchCoreConfig, batches: Iterable, device: str = "cpu
     with watch.time("embedding_s"):
         embeddings = collect_embeddings(model.embed, batches, device)
     with watch.time("denoise_s"):
-        rows, denoised = denoise_patches(embeddings, config.denoise)
+        keep, denoised = denoise_mask(embeddings, config.denoise)
     n_patches = int(embeddings[:, 0].numel())
-    del embeddings
     with watch.time("coreset_s"):
-        bank = select_memory_bank(rows, config, progress, n_patches=n_patches)
+        if config.regions > 1:
+            bank = select_region_memory(embeddings, keep, config, progress, n_patches)
+        else:
+            rows = _rows(embeddings, keep)
+            del embeddings
+            bank = select_memory_bank(rows, config, progress, n_patches=n_patches)
     model = _install(config, bank, n_patches)
     info = {"n_patches": n_patches, "bank_size": config.bank_size, **denoised, **watch.timings}
+    if config.regions > 1:
+        info["region_rows"] = list(config.region_rows)
     return model, info
+
+
+def _rows(embeddings, keep):
+    """N×D×h×w patches as M×D rows, only the kept ones when a mask is given."""
+    rows = embeddings.permute(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
+    return rows if keep is None else rows[keep.reshape(-1)]
 
 
 def bank_budget(config: PatchCoreConfig, n_patches: int) -> int:
@@ -62,6 +75,41 @@ def select_memory_bank(embeddings, config, progress=None, n_patches: int | None 
     return embeddings[selected]
 
 
+def select_region_memory(embeddings, keep, config, progress=None, n_patches: int | None = None, previous=None):
+    """Region banks (models/patchcore/regions.py) of N×D×h×w training patches; sets config.bank_size, feature_dim and
+    region_rows. `previous` (the current bank) joins each region's candidates, for `edgeiad update`."""
+    _count, dim, height, width = embeddings.shape
+    budget = bank_budget(config, n_patches or int(embeddings[:, 0].numel()))
+    parts, margin = config.regions, config.region_margin
+    if previous is not None and len(config.region_rows) != len(layout(height, width, parts, margin)):
+        raise ConfigError(
+            f"the run's bank has {len(config.region_rows)} regions, not the {config.regions}x{config.regions} its "
+            "config names: refit it with `edgeiad train`"
+        )
+    old = iter(_split(previous, config.region_rows)) if previous is not None else None
+    total, done = sum(region_budgets(height, width, parts, margin, budget)), [0]
+
+    def select(rows, size):  # called once per region, in layout order
+        if old is not None:
+            rows = torch.cat([next(old), rows])
+        picked = greedy_coreset(rows, size, seed=config.seed, projection_dim=config.projection_dim)
+        done[0] += picked.numel()
+        if progress is not None:
+            progress(min(done[0], total), total)
+        return rows[picked]
+
+    bank, sizes = select_region_banks(embeddings, keep, budget, parts, margin, select)
+    config.bank_size, config.feature_dim, config.region_rows = int(bank.shape[0]), int(dim), sizes
+    return bank
+
+
+def _split(bank, sizes):
+    start = 0
+    for size in sizes:
+        yield bank[start : start + size]
+        start += size
+
+
 def update_patchcore(config: PatchCoreConfig, model, running: dict, batches: Iterable, device="cpu", progress=None):
     """Add new good images: bank re-selected from the current bank and the new patches (denoised among the new
     images when `denoise` is on), sized for all patches seen. Returns (model, info)."""
@@ -70,11 +118,15 @@ def update_patchcore(config: PatchCoreConfig, model, running: dict, batches: Ite
     with watch.time("embedding_s"):
         embeddings = collect_embeddings(model.embed, batches, device)
     with watch.time("denoise_s"):
-        rows, denoised = denoise_patches(embeddings, config.denoise)
+        keep, denoised = denoise_mask(embeddings, config.denoise)
     seen = int(running["n_patches"].item()) + int(embeddings[:, 0].numel())
-    candidates = torch.cat([model.memory_bank.detach().cpu().float(), rows])
+    previous = model.memory_bank.detach().cpu().float()
     with watch.time("coreset_s"):
-        bank = select_memory_bank(candidates, config, progress, n_patches=seen)
+        if config.regions > 1:
+            bank = select_region_memory(embeddings, keep, config, progress, n_patches=seen, previous=previous)
+        else:
+            candidates = torch.cat([previous, _rows(embeddings, keep)])
+            bank = select_memory_bank(candidates, config, progress, n_patches=seen)
     model = _install(config, bank, seen)
     info = {"n_patches_added": int(embeddings[:, 0].numel()), "n_patches": seen, "bank_size": config.bank_size}
     return model, {**info, **denoised, **watch.timings}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...errors import ConfigError, require_torch
 from .._ops import GaussianBlur, MapScoring, aggregate_features, min_euclidean
 from .._robust import check_fraction
 from ..backbones import FeatureExtractor
 from ..config import FeatureBankConfig
+from .regions import region_distances
 
 torch = require_torch()
 nn = torch.nn
@@ -41,6 +42,12 @@ class PatchCoreConfig(FeatureBankConfig):
     # Share of training images that may be defective (0 = off): a quarter of that share of the training patches,
     # the least like other images at the same place, is dropped before the coreset (see models/_robust.py).
     denoise: float = 0.0
+    # Region banks (models/patchcore/regions.py): the patch grid cut into regions × regions, each with its own
+    # coreset from its window (the region widened by region_margin cells), searched only by its own patches.
+    # 1 = one bank for the whole image. `region_rows` (bank rows per region, row-major) is filled in by fit.
+    regions: int = 1
+    region_margin: int = 2
+    region_rows: list = field(default_factory=list)
 
     LEGACY = {**FeatureBankConfig.LEGACY, "neighbourhood": 3}  # runs fitted before the field existed used 3
 
@@ -51,6 +58,12 @@ class PatchCoreConfig(FeatureBankConfig):
         check_fraction("denoise", self.denoise)
         if self.min_bank < 1:
             raise ConfigError(f"min_bank {self.min_bank} must be >= 1 (default 1024 rows, or all patches if fewer)")
+        check_regions(self.regions, self.region_margin)
+        if self.region_rows and (len(self.region_rows) > self.regions**2 or sum(self.region_rows) != self.bank_size):
+            raise ConfigError(
+                f"region_rows {self.region_rows} do not fit {self.regions}x{self.regions} regions of a "
+                f"{self.bank_size}-row bank: config.json was edited or is damaged; refit with `edgeiad train`"
+            )
         if self.max_bank < 0:
             raise ConfigError(f"max_bank {self.max_bank} must be >= 0 (0 = no cap on the memory bank's rows)")
 
@@ -58,6 +71,13 @@ class PatchCoreConfig(FeatureBankConfig):
 def check_coreset_ratio(ratio: float) -> None:
     if not 0.0 < ratio <= 1.0:
         raise ConfigError(f"coreset ratio {ratio} is out of range: use a value in (0, 1], e.g. 0.01")
+
+
+def check_regions(regions: int, margin: int) -> None:
+    if not isinstance(regions, int) or isinstance(regions, bool) or not 1 <= regions <= 8:
+        raise ConfigError(f"regions {regions!r} is invalid: use a grid side from 1 (one bank) to 8, e.g. 2")
+    if not isinstance(margin, int) or isinstance(margin, bool) or not 0 <= margin <= 16:
+        raise ConfigError(f"region_margin {margin!r} is invalid: use 0 to 16 grid cells, e.g. 2")
 
 
 def check_neighbourhood(size: int) -> None:
@@ -91,6 +111,8 @@ class PatchCoreModel(MapScoring, nn.Module):
         feature_dim = config.feature_dim or sum(self.feature_extractor.channels())
         self.register_buffer("memory_bank", torch.zeros(max(config.bank_size, 1), feature_dim))
         self.blur = GaussianBlur(config.sigma)
+        if config.regions > 1:  # each region's rows sit at fixed offsets: a sidecar bank of another size cannot swap in
+            self.resizable_stats = {}
 
     accepts_features = True  # forward/infer take the backbone's outputs from a wrapper that computed them (segad)
 
@@ -100,9 +122,16 @@ class PatchCoreModel(MapScoring, nn.Module):
         features = self.feature_extractor(image) if features is None else features
         return aggregate_features(features, self.config.neighbourhood)
 
-    def patch_scores(self, embedding, memory_bank):
-        """Nearest-neighbour distance of every patch to the bank, N×1×h×w."""
-        return nearest_distances(embedding, memory_bank)
+    def patch_scores(self, embedding, memory_bank, search=None):
+        """Nearest-neighbour distance of every patch to the bank, N×1×h×w: with region banks, to its own region's
+        rows. `search(N×D×h×w, bank)` is the graph-exportable one unless given."""
+        search = search or nearest_distances
+        config = self.config
+        if config.regions > 1:
+            return region_distances(
+                embedding, memory_bank, config.region_rows, config.regions, config.region_margin, search
+            )
+        return search(embedding, memory_bank)
 
     def forward(self, image, memory_bank=None, features=None):
         bank = self.memory_bank if memory_bank is None else memory_bank
@@ -112,10 +141,14 @@ class PatchCoreModel(MapScoring, nn.Module):
     @torch.no_grad()
     def infer(self, image, features=None):
         """Eager scoring with bounded memory (chunked search); same result as forward, for evaluation."""
-        from .._ops import chunked_min_euclidean
+        return self.to_map(self.patch_scores(self.embed(image, features), self.memory_bank, chunked_distances))
 
-        embedding = self.embed(image, features)
-        batch, dim, height, width = embedding.shape
-        queries = embedding.permute(0, 2, 3, 1).reshape(-1, dim)
-        distances, _ = chunked_min_euclidean(queries, self.memory_bank.to(queries.dtype))
-        return self.to_map(distances.reshape(batch, 1, height, width))
+
+def chunked_distances(embedding, memory_bank):
+    """`nearest_distances` with bounded memory (chunked search), for eager evaluation."""
+    from .._ops import chunked_min_euclidean
+
+    batch, dim, height, width = embedding.shape
+    queries = embedding.permute(0, 2, 3, 1).reshape(-1, dim)
+    distances, _ = chunked_min_euclidean(queries, memory_bank.to(queries.dtype))
+    return distances.reshape(batch, 1, height, width)
