@@ -198,6 +198,18 @@ def _shared(config) -> dict:
     return {key: getattr(config, key) for key in keys}
 
 
+@pytest.mark.parametrize("sigma", [0.0, 1.0, 4.0])
+@pytest.mark.parametrize(("grid", "size"), [((48, 48), (384, 384)), ((20, 48), (160, 384)), ((8, 8), (64, 64))])
+def test_map_upsampling_as_two_matrix_products_equals_resize_then_blur(sigma, grid, size):
+    from edgeiad.models._ops import GaussianBlur
+
+    blur = GaussianBlur(sigma)
+    scores = torch.rand(2, 1, *grid, generator=torch.Generator().manual_seed(6)) * 50
+    expected = blur(torch.nn.functional.interpolate(scores, size=size, mode="bilinear", align_corners=False))
+    torch.testing.assert_close(blur.upsampled(scores, size), expected, rtol=1e-5, atol=1e-4)
+    assert blur.axis_operator(grid[0], size[0]).shape == (size[0], grid[0])
+
+
 def test_score_share_scores_the_mean_of_the_top_of_the_smoothed_map():
     from edgeiad.models._ops import GaussianBlur, to_anomaly_map
 

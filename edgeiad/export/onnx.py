@@ -48,6 +48,8 @@ def export_onnx(model, path: Path, batch: dict, stats_mode: str, stats_dtype: st
     ]
     dynamic = (image_dims, *stat_dims) if image_dims is not None or any(stat_dims) else None
     big = sum(value.nbytes for value in stats.values()) > EXTERNAL_DATA_BYTES
+    with torch.no_grad():
+        model.eval()(*args)  # eager first: shape-dependent constants (the map's upsampling operators) are built
     # The dynamo exporter prints progress lines and torchvision notices: kept off the CLI unless --debug.
     with warnings.catch_warnings(), silenced():
         warnings.simplefilter("ignore")
