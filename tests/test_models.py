@@ -153,7 +153,7 @@ def test_ensemble_members_equal_patchcore_and_padim_with_its_statistics(trained_
 
     _record, ensemble = load_model(trained_runs["ensemble"])
     config = ensemble.config
-    sizes = {"bank_size": config.bank_size, "neighbourhood": config.neighbourhood}
+    sizes = {"bank_size": config.bank_size, "neighbourhood": config.neighbourhood, "regions": 1}  # as its half
     patchcore = PatchCoreModel(get_model("patchcore").make_config(**_shared(config), **sizes))
     patchcore.memory_bank.copy_(ensemble.memory_bank)
     padim = PadimModel(get_model("padim").make_config(**_shared(config), n_features=config.n_features))

@@ -58,6 +58,8 @@ def test_each_patch_is_searched_in_its_own_region_only():
 
 def test_config_defaults_checks_and_legacy_runs():
     spec = get_model("patchcore")
+    assert spec.make_config().regions == 2 and spec.make_config().region_margin == 2  # chosen by the study
+    # a config.json written before the field existed reloads with the one bank it was fitted with
     assert spec.config_cls().from_dict({"model": "patchcore", "image_size": [64, 64]}).regions == 1
     for bad in (0, 9, True, 2.0):
         with pytest.raises(ConfigError, match="regions"):

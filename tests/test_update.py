@@ -82,13 +82,17 @@ def test_patchcore_update_covers_the_new_images_within_the_budget(halves):
     assert updated.running["n_patches"].item() == 2 * first.running["n_patches"].item()
     assert updated.memory_bank.shape[0] == updated.config.bank_size > first.memory_bank.shape[0]
     capped = _update(_fit("patchcore", a, min_bank=8, max_bank=10), b)
-    assert capped.memory_bank.shape[0] == 10
+    assert capped.memory_bank.shape[0] == 8  # 2 x 2 region banks of 2 rows: within the cap, whatever the overlap
+    single = _update(_fit("patchcore", a, min_bank=8, max_bank=10, regions=1), b)
+    assert single.memory_bank.shape[0] == 10
 
 
 def test_patchcore_keeps_min_bank_rows_for_few_shot(halves):
     a, _, _ = halves
-    model = _fit("patchcore", a)  # 6 images x 64 patches: 25 % would be 96 rows
+    model = _fit("patchcore", a, regions=1)  # 6 images x 64 patches: 25 % would be 96 rows
     assert model.memory_bank.shape[0] == min(6 * 64, 1024)
+    regional = _fit("patchcore", a)  # 2 x 2 regions with 6 x 6-cell windows: each keeps all 6 x 36 of its patches
+    assert regional.config.region_rows == [6 * 36] * 4
 
 
 def test_cli_update_writes_a_new_run_and_leaves_the_old_one(halves, tmp_path, capsys):

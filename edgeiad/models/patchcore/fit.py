@@ -87,7 +87,8 @@ def select_region_memory(embeddings, keep, config, progress=None, n_patches: int
             "config names: refit it with `edgeiad train`"
         )
     old = iter(_split(previous, config.region_rows)) if previous is not None else None
-    total, done = sum(region_budgets(height, width, parts, margin, budget)), [0]
+    cap = getattr(config, "max_bank", 0)
+    total, done = sum(region_budgets(height, width, parts, margin, budget, cap)), [0]
 
     def select(rows, size):  # called once per region, in layout order
         if old is not None:
@@ -98,7 +99,7 @@ def select_region_memory(embeddings, keep, config, progress=None, n_patches: int
             progress(min(done[0], total), total)
         return rows[picked]
 
-    bank, sizes = select_region_banks(embeddings, keep, budget, parts, margin, select)
+    bank, sizes = select_region_banks(embeddings, keep, budget, parts, margin, select, cap)
     config.bank_size, config.feature_dim, config.region_rows = int(bank.shape[0]), int(dim), sizes
     return bank
 

@@ -43,16 +43,21 @@ def layout(height: int, width: int, parts: int, margin: int) -> list[tuple[slice
     ]
 
 
-def region_budgets(height: int, width: int, parts: int, margin: int, budget: int) -> list[int]:
+def region_budgets(height: int, width: int, parts: int, margin: int, budget: int, cap: int = 0) -> list[int]:
     """Most rows of each region's bank: `budget` (the global bank's rows) times the share of the grid its window
-    covers, so a region bank is as dense in its window as the global bank is in the image."""
-    return [
-        max(1, math.ceil(budget * (rw.stop - rw.start) * (cw.stop - cw.start) / (height * width)))
-        for _rows, _cols, rw, cw in layout(height, width, parts, margin)
-    ]
+    covers, so a region bank is as dense in its window as the global bank is in the image. The windows overlap, so
+    the total is a little above `budget`; with `cap` > 0 (max_bank) it is scaled down to stay within it."""
+    areas = [(rw.stop - rw.start) * (cw.stop - cw.start) for _r, _c, rw, cw in layout(height, width, parts, margin)]
+    sizes = [max(1, math.ceil(budget * area / (height * width))) for area in areas]
+    total = sum(sizes)
+    if cap and total > cap:
+        sizes = [max(1, size * cap // total) for size in sizes]
+    return sizes
 
 
-def select_region_banks(embeddings, keep, budget: int, parts: int, margin: int, select) -> tuple[object, list[int]]:
+def select_region_banks(
+    embeddings, keep, budget: int, parts: int, margin: int, select, cap: int = 0
+) -> tuple[object, list[int]]:
     """The region banks of N×D×h×w training `embeddings` (only patches where the N×h×w `keep` mask is true, when
     given): `select(rows, size)` picks each region's coreset of at most `size` rows (`region_budgets`). Returns
     (bank, rows per region)."""
@@ -60,7 +65,7 @@ def select_region_banks(embeddings, keep, budget: int, parts: int, margin: int, 
     banks = []
     regions = layout(height, width, parts, margin)
     for (_rows, _cols, row_window, col_window), size in zip(
-        regions, region_budgets(height, width, parts, margin, budget)
+        regions, region_budgets(height, width, parts, margin, budget, cap)
     ):
         window = embeddings[:, :, row_window, col_window].permute(0, 2, 3, 1).reshape(-1, dim)
         if keep is not None:
