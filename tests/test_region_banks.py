@@ -52,7 +52,7 @@ def test_each_patch_is_searched_in_its_own_region_only():
         torch.testing.assert_close(region_distances(embedding, bank, sizes, 2, 1, search), expected)
     everywhere = nearest_distances(embedding, bank)
     assert (everywhere <= expected + 1e-5).all() and not torch.allclose(everywhere, expected)
-    with pytest.raises(ValueError, match="another input size"):
+    with pytest.raises(ConfigError, match="does not match the fitted bank"):
         region_distances(embedding, bank, sizes, 3, 1, nearest_distances)
 
 

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from ...errors import require_torch
+from ...errors import ConfigError, require_torch
 
 torch = require_torch()
 
@@ -80,8 +80,10 @@ def region_distances(embedding, bank, sizes: list[int], parts: int, margin: int,
     height, width = embedding.shape[-2:]
     regions = layout(height, width, parts, margin)
     if len(regions) != len(sizes):
-        raise ValueError(f"the bank has {len(sizes)} regions but a {height}x{width} grid cut {parts}x{parts} has "
-                         f"{len(regions)}: the run was fitted at another input size")  # fmt: skip
+        raise ConfigError(
+            f"the bank has {len(sizes)} regions but a {height}x{width} patch grid cut {parts}x{parts} has "
+            f"{len(regions)}: config.json does not match the fitted bank; refit with `edgeiad train`"
+        )
     offsets = np.cumsum([0, *sizes]).tolist()
     bands, cells = [], []
     for index, (rows, cols, _row_window, _col_window) in enumerate(regions):
