@@ -67,8 +67,13 @@ def patch_outlier_scores(embeddings, radius: int = 1, neighbours: int = NEIGHBOU
 def denoise_patches(embeddings, noise: float):
     """The N×D×h×w patches as rows (M×D) without the noise × DROP_PER_NOISE most outlying ones, and a report."""
     keep, report = denoise_mask(embeddings, noise)
+    return patch_rows(embeddings, keep), report
+
+
+def patch_rows(embeddings, keep=None):
+    """N×D×h×w patches as M×D rows, only those where the N×h×w `keep` mask is true when it is given."""
     rows = embeddings.permute(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
-    return (rows if keep is None else rows[keep.reshape(-1)]), report
+    return rows if keep is None else rows[keep.reshape(-1)]
 
 
 def denoise_mask(embeddings, noise: float):

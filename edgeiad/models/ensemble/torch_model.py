@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import ConfigError, require_torch
-from .._ops import GaussianBlur, MapScoring, aggregate_features, chunked_min_euclidean
+from .._ops import GaussianBlur, MapScoring, aggregate_features
 from ..backbones import FeatureExtractor
 from ..config import FeatureBankConfig
 from ..padim.torch_model import check_n_features, mahalanobis_distances, random_channels
-from ..patchcore.torch_model import check_coreset_ratio, check_neighbourhood, nearest_distances
+from ..patchcore.torch_model import check_coreset_ratio, check_neighbourhood, chunked_distances, nearest_distances
 
 torch = require_torch()
 nn = torch.nn
@@ -97,11 +97,7 @@ class EnsembleModel(MapScoring, nn.Module):
     def member_scores(self, image):
         """Raw (PatchCore, PaDiM) patch scores with a bounded-memory kNN search, for fitting and evaluation."""
         local, plain = self.embed(image)
-        batch, dim, height, width = local.shape
-        queries = local.permute(0, 2, 3, 1).reshape(-1, dim)
-        distances, _ = chunked_min_euclidean(queries, self.memory_bank.to(queries.dtype))
-        nearest = distances.reshape(batch, 1, height, width)
-        return nearest, mahalanobis_distances(plain, self.mean, self.inv_covariance)
+        return chunked_distances(local, self.memory_bank), mahalanobis_distances(plain, self.mean, self.inv_covariance)
 
     @torch.no_grad()
     def infer(self, image):

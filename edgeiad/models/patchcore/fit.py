@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from ...errors import ConfigError, require_torch
 from .._fitting import Stopwatch, collect_embeddings
-from .._robust import denoise_mask
+from .._robust import denoise_mask, patch_rows
 from .coreset import greedy_coreset
 from .regions import layout, region_budgets, select_region_banks
 from .torch_model import PatchCoreConfig, PatchCoreModel
@@ -37,7 +37,7 @@ def fit_patchcore(config: PatchCoreConfig, batches: Iterable, device: str = "cpu
         if config.regions > 1:
             bank = select_region_memory(embeddings, keep, config, progress, n_patches)
         else:
-            rows = _rows(embeddings, keep)
+            rows = patch_rows(embeddings, keep)
             del embeddings
             bank = select_memory_bank(rows, config, progress, n_patches=n_patches)
     model = _install(config, bank, n_patches)
@@ -45,12 +45,6 @@ def fit_patchcore(config: PatchCoreConfig, batches: Iterable, device: str = "cpu
     if config.regions > 1:
         info["region_rows"] = list(config.region_rows)
     return model, info
-
-
-def _rows(embeddings, keep):
-    """N×D×h×w patches as M×D rows, only the kept ones when a mask is given."""
-    rows = embeddings.permute(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
-    return rows if keep is None else rows[keep.reshape(-1)]
 
 
 def bank_budget(config: PatchCoreConfig, n_patches: int) -> int:
@@ -126,7 +120,7 @@ def update_patchcore(config: PatchCoreConfig, model, running: dict, batches: Ite
         if config.regions > 1:
             bank = select_region_memory(embeddings, keep, config, progress, n_patches=seen, previous=previous)
         else:
-            candidates = torch.cat([previous, _rows(embeddings, keep)])
+            candidates = torch.cat([previous, patch_rows(embeddings, keep)])
             bank = select_memory_bank(candidates, config, progress, n_patches=seen)
     model = _install(config, bank, seen)
     info = {"n_patches_added": int(embeddings[:, 0].numel()), "n_patches": seen, "bank_size": config.bank_size}
