@@ -127,14 +127,12 @@ def _rows_per_query(config, grid: tuple[int, int]) -> float:
 
 def _image_scores(folder: Path) -> dict[str, np.ndarray]:
     import torch
-    import torch.nn.functional as F
 
     from edgeiad.models._ops import GaussianBlur
 
     meta = json.loads((folder / "metrics.json").read_text())
     raw = torch.from_numpy(np.load(folder / "raw.npy")).unsqueeze(1)
-    upsampled = F.interpolate(raw, size=tuple(meta["image_size"]), mode="bilinear", align_corners=False)
-    smooth = GaussianBlur(meta.get("sigma", 4.0))(upsampled)
+    smooth = GaussianBlur(meta.get("sigma", 4.0)).upsampled(raw, tuple(meta["image_size"]))  # as the model maps
     ranked = np.sort(smooth.flatten(1).numpy(), axis=1)[:, ::-1]
     top = {name: ranked[:, : max(1, int(np.ceil(share * ranked.shape[1])))].mean(1) for name, share in SHARES.items()}
     return top | {"top 5 % − median": top["top 5 %"] - np.median(ranked, axis=1)}
