@@ -223,6 +223,52 @@ def test_score_share_scores_the_mean_of_the_top_of_the_smoothed_map():
         get_model("patchcore").make_config(score_share=1.0)
 
 
+def test_score_share_of_a_large_map_reads_every_other_pixel_and_exports_within_tensorrt_topk_limit(tmp_path):
+    # 5 % of the default 384 x 384 map is 7,373 pixels, above TensorRT's TopK limit of 3,840: the default PatchCore,
+    # PaDiM and ensemble graphs could not be built. The score now reads every 2nd pixel in both axes (K = 1,844).
+    import onnx
+    import onnxruntime as ort
+
+    from edgeiad.export.onnx import OPSET
+    from edgeiad.export.trt_check import TOPK_MAX_K, check_onnx_for_tensorrt
+    from edgeiad.models import _ops
+
+    assert _ops.TOPK_MAX_K == TOPK_MAX_K
+    assert [_ops.score_stride(size, 0.05) for size in [(64, 64), (256, 256), (384, 384), (1024, 1024)]] == [1, 1, 2, 4]
+    for name in MODELS:  # every default that scores a top share stays within the limit
+        config = get_model(name).make_config()
+        share = getattr(config, "score_share", 0.0)
+        if share:
+            stride = _ops.score_stride(tuple(config.image_size), share)
+            pixels = -(-config.image_size[0] // stride) * -(-config.image_size[1] // stride)
+            assert 0 < -(-share * pixels // 1) <= TOPK_MAX_K, name
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blur = _ops.GaussianBlur(4.0)
+
+        def forward(self, scores):
+            return _ops.to_anomaly_map(scores, (384, 384), self.blur, 0.05)
+
+    scores = torch.rand(2, 1, 48, 48, generator=torch.Generator().manual_seed(7)) * 10
+    head = Head().eval()
+    with torch.no_grad():
+        anomaly_map, top = head(scores)
+    sampled = np.sort(anomaly_map[:, :, ::2, ::2].flatten(1).numpy(), axis=1)[:, -1844:].mean(axis=1)
+    np.testing.assert_allclose(top.numpy(), sampled, rtol=1e-6)
+    every = np.sort(anomaly_map.flatten(1).numpy(), axis=1)[:, -7373:].mean(axis=1)
+    np.testing.assert_allclose(top.numpy(), every, rtol=2e-3)  # the smooth map's top share barely moves
+    path = tmp_path / "head.onnx"
+    torch.onnx.export(head, (scores,), str(path), input_names=["scores"], output_names=["anomaly_map", "pred_score"],
+                      opset_version=OPSET, dynamo=True, verbose=False)  # fmt: skip
+    findings = check_onnx_for_tensorrt(path)
+    assert not [f for f in findings if f.level == "error"], findings
+    assert "TopK" in {node.op_type for node in onnx.load(str(path)).graph.node}
+    exported = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"scores": scores.numpy()})
+    np.testing.assert_allclose(exported[1], top.numpy(), rtol=1e-5)
+
+
 def test_score_share_exports_as_a_constant_k_topk(synthetic_mvtec, tmp_path):
     import onnx
 
