@@ -62,11 +62,29 @@ def trained_runs(synthetic_mvtec, tmp_path_factory) -> dict[str, Path]:
     from edgeiad.engine import train
     from edgeiad.models import MODELS
 
-    runs = {}
-    for name in MODELS:
-        out = tmp_path_factory.mktemp("runs") / name
-        runs[name] = train(name, synthetic_mvtec, out=out, overrides=model_overrides(name), progress=False)
-    return runs
+    root = tmp_path_factory.mktemp("runs")  # only these runs in it: `edgeiad bench --runs` finds them there
+    return {
+        name: train(name, synthetic_mvtec, out=root / name, overrides=model_overrides(name), progress=False)
+        for name in MODELS
+    }
+
+
+@pytest.fixture(scope="session")
+def exported(trained_runs, tmp_path_factory) -> Path:
+    """A folder whose artifacts/ holds one fp32 baked artifact per model × target available here, exported once
+    for the session with bench's batch (dynamic, max 16) and named as bench names them. The export round trips
+    read them, and `edgeiad bench --out` this folder finds them from the same runs and does not export again (an
+    export is ~19 s even at 64 px: sharing them saves CI about 6 minutes)."""
+    from edgeiad.bench.cases import ArtifactKey
+    from edgeiad.export import export_run
+    from edgeiad.export.targets import TARGETS
+
+    root = tmp_path_factory.mktemp("exported")
+    for model, run in trained_runs.items():
+        for target in (t for t in TARGETS if TARGETS[t].unavailable() is None):
+            key = ArtifactKey(model, target, "fp32", "baked")
+            export_run(run, target, "fp32", "baked", "dynamic:16", out=root / "artifacts" / key.name)
+    return root
 
 
 def model_overrides(name: str) -> dict:

@@ -21,23 +21,24 @@ from .test_cli import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
-def bench_out(trained_runs, synthetic_mvtec, tmp_path_factory):
-    """One tiny bench over every model × onnx/openvino/trt at fp32, reusing the session's trained runs."""
+def bench_out(trained_runs, exported, synthetic_mvtec):
+    """One tiny bench over every model × onnx/openvino/trt at fp32, reusing the session's trained runs and their
+    exported artifacts (bench re-exports only an artifact that is missing or from another run)."""
     from edgeiad.cli import main
 
-    root = tmp_path_factory.mktemp("bench")
-    out, runs_dir = root / "out", root / "runs"
-    for name, run in trained_runs.items():
-        shutil.copytree(run, runs_dir / name)
+    out, runs_dir = exported, next(iter(trained_runs.values())).parent
     argv = [
         "bench", "--models", "all", "--targets", "onnx,openvino,trt", "--precisions", "fp32",
         "--data", str(synthetic_mvtec), "--runs", str(runs_dir), "--iters", "3", "--warmup", "1",
         "--batch", "1,2", "--out", str(out),
     ]  # fmt: skip
+    manifests = sorted(out.glob("artifacts/*/manifest.json"))
+    before = [path.stat().st_mtime_ns for path in manifests]
     try:
         main(argv)
     except SystemExit as exc:
         assert exc.code in (0, None)
+    assert manifests and [path.stat().st_mtime_ns for path in manifests] == before  # reused, not exported again
     return out
 
 
@@ -61,7 +62,9 @@ def test_bench_writes_one_record_per_case_and_never_drops_one(bench_out, trained
         assert 0.5 <= case["accuracy"]["image_auroc"] <= 1.0 and "aupro" in case["accuracy"]
         assert set(case["split_ms"]) == {"preprocess_ms", "inference_ms", "postprocess_ms"}
     assert {run.name for run in trained_runs.values()} == {m for m in document["fits"]}
-    assert all("/runs/" in fit["run"] and "/out/" not in fit["run"] for fit in document["fits"].values())
+    assert {model: fit["run"] for model, fit in document["fits"].items()} == {  # --runs reused, nothing retrained
+        model: str(run) for model, run in trained_runs.items()
+    }
     with open(bench_out / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == list(COLUMNS) and len(rows) == len(cases)

@@ -21,13 +21,9 @@ CASES = [(m, t) for m in MODELS for t in TARGETS if TARGETS[t].unavailable() is 
 
 
 @pytest.fixture(scope="module")
-def artifacts(trained_runs, tmp_path_factory):
-    """fp32 baked dynamic-batch artifact per model × target (built once, reused)."""
-    built = {}
-    for model, target in CASES:
-        out = tmp_path_factory.mktemp("artifacts") / f"{model}-{target}"
-        built[(model, target)] = export_run(trained_runs[model], target, "fp32", "baked", "dynamic:8", out=out)
-    return built
+def artifacts(exported):
+    """fp32 baked dynamic-batch artifact per model × target (the session's, shared with the bench test)."""
+    return {(model, target): exported / "artifacts" / f"{model}-{target}-fp32-baked" for model, target in CASES}
 
 
 @pytest.mark.parametrize(("model", "target"), CASES)
