@@ -48,6 +48,21 @@ def test_preprocess_matches_the_opencv_path_it_replaced(resize_path):
     np.testing.assert_array_equal(preprocess(bgr, Preprocessing(height=256, width=256, channel_order="BGR")), expected)
 
 
+@pytest.mark.parametrize("size", [(256, 192), (333, 517)])  # resized, and already at the model's size
+def test_preprocess_is_the_per_channel_float32_formula_bit_for_bit(size):
+    # The toolkit trains on what preprocess() returns: any faster path must keep (x - mean) * (1 / std) in float32
+    # per channel, exactly, laid out as a C-contiguous 3xHxW array.
+    rng = np.random.default_rng(6)
+    rgb = rng.integers(0, 256, (333, 517, 3), dtype=np.uint8)
+    spec = Preprocessing(height=size[0], width=size[1], mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+    resized = cv2.resize(rgb, size[::-1], interpolation=cv2.INTER_LINEAR) if size != rgb.shape[:2] else rgb
+    inv_std = (1.0 / np.asarray(spec.std, dtype=np.float32)).astype(np.float32)
+    expected = ((resized.astype(np.float32) - np.asarray(spec.mean, dtype=np.float32)) * inv_std).transpose(2, 0, 1)
+    result = preprocess(rgb, spec)
+    assert result.dtype == np.float32 and result.flags.c_contiguous and result.shape == (3, *size)
+    np.testing.assert_array_equal(result.view(np.uint32), np.ascontiguousarray(expected).view(np.uint32))
+
+
 @pytest.mark.parametrize("shape", [(40, 50), (40, 50, 1), (40, 50, 3), (40, 50, 4)])
 def test_both_resize_paths_keep_the_layout(shape, monkeypatch):
     image = np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8)
