@@ -23,7 +23,9 @@ CASES = [(m, t) for m in MODELS for t in TARGETS if TARGETS[t].unavailable() is 
 @pytest.fixture(scope="module")
 def artifacts(exported):
     """fp32 baked dynamic-batch artifact per model × target (the session's, shared with the bench test)."""
-    return {(model, target): exported / "artifacts" / f"{model}-{target}-fp32-baked" for model, target in CASES}
+    from edgeiad.bench.cases import ArtifactKey
+
+    return {(m, t): exported / "artifacts" / ArtifactKey(m, t, "fp32", "baked").name for m, t in CASES}
 
 
 @pytest.mark.parametrize(("model", "target"), CASES)
