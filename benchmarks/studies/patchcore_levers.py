@@ -128,19 +128,13 @@ def _rows_per_query(config, grid: tuple[int, int]) -> float:
 def _image_scores(folder: Path) -> dict[str, np.ndarray]:
     import torch
 
-    from edgeiad.models._ops import GaussianBlur, to_anomaly_map
+    from edgeiad.models._ops import GaussianBlur, map_score
 
     meta = json.loads((folder / "metrics.json").read_text())
     raw = torch.from_numpy(np.load(folder / "raw.npy")).unsqueeze(1)
-    blur, size = GaussianBlur(meta.get("sigma", 4.0)), tuple(meta["image_size"])
-
-    def scored(share: float) -> np.ndarray:  # the model's own map-to-score function: the pixels the graph reads
-        return np.concatenate(
-            [to_anomaly_map(raw[i : i + 64], size, blur, share)[1].numpy() for i in range(0, len(raw), 64)]
-        )
-
-    top = {name: scored(share) for name, share in SHARES.items()}
-    smooth = blur.upsampled(raw, size)
+    smooth = GaussianBlur(meta.get("sigma", 4.0)).upsampled(raw, tuple(meta["image_size"]))  # as the model maps
+    # the model's own map-to-score function, so each share reads the pixels the exported graph reads
+    top = {name: map_score(smooth, share).numpy() for name, share in SHARES.items()}
     return top | {"top 5 % − median": top["top 5 %"] - np.median(smooth.flatten(1).numpy(), axis=1)}
 
 
