@@ -288,3 +288,35 @@ def test_score_share_exports_as_a_constant_k_topk(synthetic_mvtec, tmp_path):
     assert "TopK" in {node.op_type for node in graph.node}
     parity = json.loads((artifact / "manifest.json").read_text())["parity"]
     assert parity["passed"] and parity["max_abs_score_error"] < 1e-3
+
+
+@pytest.mark.parametrize("dim", [100, 152, 200])
+def test_gaussian_inverses_are_right_with_several_threads_at_every_channel_count(dim):
+    """PaDiM and N-pad invert one covariance per position. torch's batched LU inverse (oneMKL) returns wrong
+    inverses or fails from 150 × 150 up once torch runs two threads or more, which N-pad's default 150 channels
+    hit on any multi-core machine; the Cholesky inverse they use is right at every size."""
+    from edgeiad.models._fitting import spd_inverse, spd_solve
+
+    generator = torch.Generator().manual_seed(dim)
+    samples = torch.randn(96, 300, dim, generator=generator, dtype=torch.float64)
+    covariance = samples.transpose(1, 2) @ samples / 300 + 0.01 * torch.eye(dim, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inverse = spd_inverse(covariance)
+        solution = spd_solve(covariance, samples.transpose(1, 2))
+    finally:
+        torch.set_num_threads(threads)
+    identity = torch.eye(dim, dtype=torch.float64).expand_as(covariance)
+    torch.testing.assert_close(covariance @ inverse, identity, rtol=0, atol=1e-9)
+    torch.testing.assert_close(covariance @ solution, samples.transpose(1, 2), rtol=0, atol=1e-9)
+
+
+def test_a_covariance_with_nan_features_stops_the_fit_with_one_clear_line():
+    from edgeiad.errors import DataError
+    from edgeiad.models._fitting import spd_inverse
+
+    covariance = torch.eye(4, dtype=torch.float64).repeat(3, 1, 1)
+    covariance[1, 2, 2] = float("nan")
+    with pytest.raises(DataError, match="not positive definite at 1 of 3 positions .*check the training images"):
+        spd_inverse(covariance)

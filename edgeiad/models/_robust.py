@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 from ..errors import ConfigError, require_torch
+from ._fitting import spd_solve
 
 torch = require_torch()
 
@@ -111,7 +112,7 @@ def trimmed_moments(samples, noise: float, regularization: float):
         centred = samples - mean
         covariance = centred.transpose(1, 2) @ centred / (count - 1)
         covariance += regularization * torch.eye(dim, dtype=samples.dtype)
-        solved = torch.linalg.solve(covariance, centred.transpose(1, 2))  # P×d×N
+        solved = spd_solve(covariance, centred.transpose(1, 2))  # P×d×N
         distances = (centred.transpose(1, 2) * solved).sum(dim=1)  # P×N
         keep = torch.ones(positions, count, dtype=torch.bool)
         keep.scatter_(1, distances.topk(drop, dim=1).indices, False)

@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable
 
 from ...errors import require_torch
-from .._fitting import Stopwatch, collect_embeddings
+from .._fitting import Stopwatch, collect_embeddings, spd_inverse
 from .._ops import aggregate_features, chunked_min_euclidean
 from ..backbones import FeatureExtractor
 from ..padim.fit import gaussian_from_moments, moments
@@ -62,7 +62,7 @@ def weighted_gaussian(count, total, outer, weights, radius: int, regularization:
     mean = first / weight_sum.unsqueeze(1)
     covariance = second / weight_sum.view(-1, 1, 1) - mean.unsqueeze(2) * mean.unsqueeze(1)
     covariance += regularization * torch.eye(dim, dtype=total.dtype)
-    return mean, torch.linalg.inv(covariance)
+    return mean, spd_inverse(covariance)
 
 
 def kmeans(points, k: int, iterations: int, seed: int):

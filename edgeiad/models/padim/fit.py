@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ...errors import require_torch
-from .._fitting import Stopwatch, collect_embeddings
+from .._fitting import Stopwatch, collect_embeddings, spd_inverse
 from .._robust import trimmed_moments
 from .torch_model import PadimConfig, PadimModel
 
@@ -36,7 +36,7 @@ def gaussian_from_moments(count, total, outer, regularization: float):
         1.0
     ).view(-1, 1, 1)
     covariance += regularization * torch.eye(total.shape[1], dtype=total.dtype)
-    return mean, torch.linalg.inv(covariance)
+    return mean, spd_inverse(covariance)
 
 
 def gaussian_statistics(embeddings, regularization: float):
