@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -41,16 +42,32 @@ def collect_embeddings(embed: Callable, batches: Iterable, device: str) -> torch
     return torch.cat(chunks)
 
 
-def spd_inverse(matrices):
-    """Inverse of a batch of symmetric positive-definite matrices (regularised covariances, float64), by Cholesky.
+@contextmanager
+def one_thread():
+    """Run the block with torch on one thread (restored after): for batches of many small kernels or
+    factorisations, where threads only add barriers, and on a busy machine stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
-    Not `torch.linalg.inv`: on the CPU its batched LU (oneMKL) fails once the matrices are 150 × 150 or larger and
-    torch runs more than one thread (torch 2.13: "DLASWP parameter 6 was incorrect", then an error or, silently,
-    wrong inverses). N-pad's default 150 channels hit it on every machine with two cores or more. The result is
-    checked, so a wrong inverse from any library stops the fit instead of producing a model that passes parts.
+
+def spd_inverse(matrices):
+    """Inverse of a batch of symmetric positive-definite matrices (regularised covariances, float64), by Cholesky
+    on one thread.
+
+    Not `torch.linalg.inv` with torch's threads: on the CPU its batched LU (oneMKL) fails once the matrices are
+    150 × 150 or larger and torch runs more than one thread (torch 2.13: "DLASWP parameter 6 was incorrect", then
+    an error or, silently, wrong inverses); N-pad's default 150 channels hit it on every machine with two cores or
+    more. Batched Cholesky is right at two threads but its inverse took 48 s there for 960 matrices of 100 × 100
+    (0.3 s on one thread). The result is checked, so a wrong inverse from any library stops the fit instead of
+    producing a model that passes parts.
     """
-    factor = _cholesky(matrices)
-    inverse = torch.cholesky_inverse(factor)
+    with one_thread():
+        factor = _cholesky(matrices)
+        inverse = torch.cholesky_inverse(factor)
     identity = torch.eye(matrices.shape[-1], dtype=matrices.dtype)
     _check_solution(matrices @ inverse - identity, "inverse")
     return inverse
@@ -58,7 +75,8 @@ def spd_inverse(matrices):
 
 def spd_solve(matrices, right):
     """Solve A·X = B for a batch of symmetric positive-definite A (see `spd_inverse` for why not LU)."""
-    solution = torch.cholesky_solve(right, _cholesky(matrices))
+    with one_thread():
+        solution = torch.cholesky_solve(right, _cholesky(matrices))
     _check_solution((matrices @ solution - right) / right.abs().amax().clamp_min(1.0), "solution")
     return solution
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from ...errors import require_torch
+from .._fitting import one_thread
 
 torch = require_torch()
 
@@ -94,10 +95,8 @@ def greedy_coreset(features, size: int, seed: int = 0, projection_dim: int = 128
         return _finish(torch.arange(total), progress)
     rows = _integer_projection(features, projection_dim, seed)
     selected = torch.empty(size, dtype=torch.long)
-    threads = torch.get_num_threads()
     # Thousands of small kernels: one thread saves a barrier per kernel, which on a busy machine stalls each one.
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         index = _Index(rows)
         del rows  # the index keeps its own copy in leaf order
         new, done = index.position(_first_row(total, seed)), 0
@@ -110,8 +109,6 @@ def greedy_coreset(features, size: int, seed: int = 0, projection_dim: int = 128
                 progress(done, size)
             index.update(new)
             new = index.next_centres(size - done)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _kd_order(points, leaf: int):
