@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from ...errors import require_torch
 from .._fitting import Stopwatch
 from ..padim.fit import gaussian_statistics
-from ..patchcore.fit import select_memory_bank
+from ..patchcore.fit import select_memory_bank, select_region_memory
 from .torch_model import EnsembleConfig, EnsembleModel
 
 torch = require_torch()
@@ -24,7 +24,10 @@ def fit_ensemble(config: EnsembleConfig, batches: Iterable, device: str = "cpu",
     kept = torch.ones(images.shape[0], dtype=torch.bool)
     kept[held] = False
     with watch.time("coreset_s"):
-        bank = select_memory_bank(local[kept], config, progress)
+        if config.regions > 1:
+            bank = select_region_memory(local[kept], None, config, progress)
+        else:
+            bank = select_memory_bank(local[kept], config, progress)
     with watch.time("statistics_s"):
         mean, inverse = gaussian_statistics(plain[kept].double(), config.regularization)
     model = EnsembleModel(config)  # rebuilt with the bank size the coreset chose

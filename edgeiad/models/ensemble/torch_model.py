@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...errors import ConfigError, require_torch
 from .._ops import GaussianBlur, MapScoring, aggregate_features
 from ..backbones import FeatureExtractor
 from ..config import FeatureBankConfig
 from ..padim.torch_model import check_n_features, mahalanobis_distances, random_channels
-from ..patchcore.torch_model import check_coreset_ratio, check_neighbourhood, chunked_distances, nearest_distances
+from ..patchcore.torch_model import (
+    bank_distances,
+    check_coreset_ratio,
+    check_neighbourhood,
+    check_regions,
+    chunked_distances,
+    nearest_distances,
+)
 
 torch = require_torch()
 nn = torch.nn
@@ -23,6 +30,9 @@ class EnsembleConfig(FeatureBankConfig):
     coreset_ratio: float = 0.01
     projection_dim: int = 128
     neighbourhood: int = 1  # PatchCore's patch averaging, as in PatchCoreConfig
+    regions: int = 2  # PatchCore's region banks, as in PatchCoreConfig; region_rows is set by fit
+    region_margin: int = 2
+    region_rows: list = field(default_factory=list)
     bank_size: int = 0
     feature_dim: int = 0
     n_features: int = 100
@@ -31,12 +41,14 @@ class EnsembleConfig(FeatureBankConfig):
     # Calibrated score = (raw - its median on held-out good patches) / (its q-quantile - that median).
     calibration_quantile: float = 0.995
 
-    LEGACY = {**FeatureBankConfig.LEGACY, "neighbourhood": 3}
+    # Runs fitted before these fields existed used the 3x3 averaging and one bank.
+    LEGACY = {**FeatureBankConfig.LEGACY, "neighbourhood": 3, "regions": 1}
 
     def validate(self) -> None:
         super().validate()
         check_coreset_ratio(self.coreset_ratio)
         check_neighbourhood(self.neighbourhood)
+        check_regions(self.regions, self.region_margin, self.region_rows, self.bank_size)
         check_n_features(self.n_features)
         if not 0.0 < self.calibration_share < 1.0 or not 0.5 < self.calibration_quantile < 1.0:
             raise ConfigError("calibration_share must be in (0, 1), calibration_quantile in (0.5, 1): e.g. 0.1, 0.995")
@@ -69,6 +81,8 @@ class EnsembleModel(MapScoring, nn.Module):
         self.register_buffer("inv_covariance", torch.eye(config.n_features).repeat(positions, 1, 1))
         self.register_buffer("calibration", torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
         self.blur = GaussianBlur(config.sigma)
+        if config.regions > 1:  # each region's rows sit at fixed offsets: a sidecar bank of another size cannot swap in
+            self.resizable_stats = {}
 
     def embed(self, image):
         """(PatchCore's patch features, PaDiM's channel subset), both at stride 8, from one backbone pass."""
@@ -86,7 +100,8 @@ class EnsembleModel(MapScoring, nn.Module):
 
     def forward(self, image, memory_bank=None, mean=None, inv_covariance=None, calibration=None):
         local, plain = self.embed(image)
-        nearest = nearest_distances(local, self.memory_bank if memory_bank is None else memory_bank)
+        bank = self.memory_bank if memory_bank is None else memory_bank
+        nearest = bank_distances(local, bank, self.config, nearest_distances)
         mean = self.mean if mean is None else mean
         inv_covariance = self.inv_covariance if inv_covariance is None else inv_covariance
         mahalanobis = mahalanobis_distances(plain, mean, inv_covariance)
@@ -97,7 +112,8 @@ class EnsembleModel(MapScoring, nn.Module):
     def member_scores(self, image):
         """Raw (PatchCore, PaDiM) patch scores with a bounded-memory kNN search, for fitting and evaluation."""
         local, plain = self.embed(image)
-        return chunked_distances(local, self.memory_bank), mahalanobis_distances(plain, self.mean, self.inv_covariance)
+        nearest = bank_distances(local, self.memory_bank, self.config, chunked_distances)
+        return nearest, mahalanobis_distances(plain, self.mean, self.inv_covariance)
 
     @torch.no_grad()
     def infer(self, image):

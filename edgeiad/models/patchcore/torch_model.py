@@ -70,12 +70,7 @@ class PatchCoreConfig(FeatureBankConfig):
         check_fraction("denoise", self.denoise)
         if self.min_bank < 1:
             raise ConfigError(f"min_bank {self.min_bank} must be >= 1 (default 1024 rows, or all patches if fewer)")
-        check_regions(self.regions, self.region_margin)
-        if self.region_rows and (len(self.region_rows) > self.regions**2 or sum(self.region_rows) != self.bank_size):
-            raise ConfigError(
-                f"region_rows {self.region_rows} do not fit {self.regions}x{self.regions} regions of a "
-                f"{self.bank_size}-row bank: config.json was edited or is damaged; refit with `edgeiad train`"
-            )
+        check_regions(self.regions, self.region_margin, self.region_rows, self.bank_size)
         if self.max_bank < 0:
             raise ConfigError(f"max_bank {self.max_bank} must be >= 0 (0 = no cap on the memory bank's rows)")
 
@@ -85,11 +80,17 @@ def check_coreset_ratio(ratio: float) -> None:
         raise ConfigError(f"coreset ratio {ratio} is out of range: use a value in (0, 1], e.g. 0.01")
 
 
-def check_regions(regions: int, margin: int) -> None:
+def check_regions(regions: int, margin: int, region_rows=(), bank_size: int = 0) -> None:
+    """Region-bank settings (PatchCore and the ensemble's PatchCore half); `region_rows` as fit set them."""
     if not isinstance(regions, int) or isinstance(regions, bool) or not 1 <= regions <= 8:
         raise ConfigError(f"regions {regions!r} is invalid: use a grid side from 1 (one bank) to 8, e.g. 2")
     if not isinstance(margin, int) or isinstance(margin, bool) or not 0 <= margin <= 16:
         raise ConfigError(f"region_margin {margin!r} is invalid: use 0 to 16 grid cells, e.g. 2")
+    if region_rows and (len(region_rows) > regions**2 or sum(region_rows) != bank_size):
+        raise ConfigError(
+            f"region_rows {list(region_rows)} do not fit {regions}x{regions} regions of a "
+            f"{bank_size}-row bank: config.json was edited or is damaged; refit with `edgeiad train`"
+        )
 
 
 def check_neighbourhood(size: int) -> None:
@@ -137,13 +138,7 @@ class PatchCoreModel(MapScoring, nn.Module):
     def patch_scores(self, embedding, memory_bank, search=None):
         """Nearest-neighbour distance of every patch to the bank, N×1×h×w: with region banks, to its own region's
         rows. `search(N×D×h×w, bank)` is the graph-exportable one unless given."""
-        search = search or nearest_distances
-        config = self.config
-        if config.regions > 1:
-            return region_distances(
-                embedding, memory_bank, config.region_rows, config.regions, config.region_margin, search
-            )
-        return search(embedding, memory_bank)
+        return bank_distances(embedding, memory_bank, self.config, search or nearest_distances)
 
     def forward(self, image, memory_bank=None, features=None):
         bank = self.memory_bank if memory_bank is None else memory_bank
@@ -154,6 +149,16 @@ class PatchCoreModel(MapScoring, nn.Module):
     def infer(self, image, features=None):
         """Eager scoring with bounded memory (chunked search); same result as forward, for evaluation."""
         return self.to_map(self.patch_scores(self.embed(image, features), self.memory_bank, chunked_distances))
+
+
+def bank_distances(embedding, memory_bank, config, search):
+    """N×1×h×w distance of every patch to its nearest row of the bank, or of its own region's bank when
+    `config.regions` > 1; `search(N×D×h×w, bank)` is `nearest_distances` (graph) or `chunked_distances` (eager)."""
+    if config.regions > 1:
+        return region_distances(
+            embedding, memory_bank, config.region_rows, config.regions, config.region_margin, search
+        )
+    return search(embedding, memory_bank)
 
 
 def chunked_distances(embedding, memory_bank):
