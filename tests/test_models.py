@@ -322,3 +322,19 @@ def test_a_covariance_with_nan_features_stops_the_fit_with_one_clear_line():
     covariance[1, 2, 2] = float("nan")
     with pytest.raises(DataError, match="not positive definite at 1 of 3 positions .*check the training images"):
         spd_inverse(covariance)
+
+
+def test_a_wrong_covariance_inverse_stops_the_fit_however_ill_conditioned_the_covariance():
+    """The check is relative to |A|·|X|: the right inverse of a nearly singular covariance (120 samples, 152
+    channels, regularisation 1e-9) passes; at the default regularisation one matrix 1 % off fails."""
+    from edgeiad.errors import DataError
+    from edgeiad.models._fitting import _check_solution, spd_inverse
+
+    samples = torch.randn(8, 120, 152, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    outer = samples.transpose(1, 2) @ samples / 120
+    spd_inverse(outer + 1e-9 * torch.eye(152, dtype=torch.float64))  # checked inside: no error
+    covariance = outer + 0.01 * torch.eye(152, dtype=torch.float64)
+    inverse = spd_inverse(covariance)
+    inverse[3] *= 1.01
+    with pytest.raises(DataError, match="covariance inverse is wrong .*OMP_NUM_THREADS=1"):
+        _check_solution(covariance, inverse, torch.eye(152, dtype=torch.float64), "inverse")
