@@ -15,31 +15,24 @@ SET is elpv-mono, elpv-poly, a dev set name (bsdata, bsdata-full, deeppcb, cfd u
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import time
 from pathlib import Path
 
 import numpy as np
-from patchcore_levers import DEV_SETS, SHARES  # same folder; run as a script
+from patchcore_levers import SHARES, setup  # same folder; run as a script
 
 
 def run(args) -> None:
     import torch
 
-    from edgeiad.data import load_dataset
     from edgeiad.engine import _image_sizes, compute_metrics, iter_batches, score_with
     from edgeiad.models._fitting import collect_embeddings, seed_everything
     from edgeiad.models._ops import GaussianBlur, map_score
     from edgeiad.models.padim.fit import gaussian_statistics
     from edgeiad.models.padim.torch_model import PadimConfig, PadimModel, mahalanobis_distances, random_channels
 
-    torch.set_num_threads(args.threads)
-    overrides = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = ast.literal_eval(value.strip())
-    dataset = load_dataset(str(DEV_SETS.get(args.dataset, args.dataset)))
+    overrides, dataset = setup(args)
     probe = PadimConfig(**overrides)
     probe.image_size = probe.fitted_to(_image_sizes(dataset.train))
     total = sum(PadimModel(probe).feature_extractor.channels())

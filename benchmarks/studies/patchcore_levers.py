@@ -68,20 +68,27 @@ def _patch(args) -> None:
         engine.iter_batches = with_flips  # fit_model reads its training batches through this name only
 
 
-def fit(args) -> None:
+def setup(args):
+    """Torch threads set; (config overrides from `--set key=literal`, the dataset `args.dataset` names)."""
     import torch
 
     from edgeiad.data import load_dataset
-    from edgeiad.data.elpv import BUILTIN, _load_arrays
-    from edgeiad.engine import compute_metrics, fit_model, score_samples
-    from edgeiad.models.patchcore.torch_model import PatchCoreConfig, PatchCoreModel
 
     torch.set_num_threads(args.threads)
     overrides = {}
     for item in args.set:
         key, value = item.split("=", 1)
         overrides[key.strip()] = ast.literal_eval(value.strip())
-    dataset = load_dataset(str(DEV_SETS.get(args.dataset, args.dataset)))
+    return overrides, load_dataset(str(DEV_SETS.get(args.dataset, args.dataset)))
+
+
+def fit(args) -> None:
+
+    from edgeiad.data.elpv import BUILTIN, _load_arrays
+    from edgeiad.engine import compute_metrics, fit_model, score_samples
+    from edgeiad.models.patchcore.torch_model import PatchCoreConfig, PatchCoreModel
+
+    overrides, dataset = setup(args)
     config = PatchCoreConfig(**overrides)
     _patch(args)
     started = time.perf_counter()
