@@ -83,7 +83,6 @@ def setup(args):
 
 
 def fit(args) -> None:
-
     from edgeiad.data.elpv import BUILTIN, _load_arrays
     from edgeiad.engine import compute_metrics, fit_model, score_samples
     from edgeiad.models.patchcore.torch_model import PatchCoreConfig, PatchCoreModel
