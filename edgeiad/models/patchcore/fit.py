@@ -13,6 +13,7 @@ from ...errors import ConfigError, require_torch
 from .._fitting import Stopwatch, collect_embeddings
 from .._robust import denoise_mask, patch_rows
 from .coreset import greedy_coreset
+from .projection import principal_bases, with_agreement
 from .regions import layout, region_budgets, select_region_banks
 from .torch_model import PatchCoreConfig, PatchCoreModel
 
@@ -33,6 +34,7 @@ def fit_patchcore(config: PatchCoreConfig, batches: Iterable, device: str = "cpu
     with watch.time("denoise_s"):
         keep, denoised = denoise_mask(embeddings, config.denoise)
     n_patches = int(embeddings[:, 0].numel())
+    samples = search_samples(embeddings, keep, config)
     with watch.time("coreset_s"):
         if config.regions > 1:
             bank = select_region_memory(embeddings, keep, config, progress, n_patches)
@@ -40,7 +42,7 @@ def fit_patchcore(config: PatchCoreConfig, batches: Iterable, device: str = "cpu
             rows = patch_rows(embeddings, keep)
             del embeddings
             bank = select_memory_bank(rows, config, progress, n_patches=n_patches)
-    model = _install(config, bank, n_patches)
+    model = _install(config, bank, n_patches, samples)
     info = {"n_patches": n_patches, "bank_size": config.bank_size, **denoised, **watch.timings}
     if config.regions > 1:
         info["region_rows"] = list(config.region_rows)
@@ -115,6 +117,7 @@ def update_patchcore(config: PatchCoreConfig, model, running: dict, batches: Ite
     with watch.time("denoise_s"):
         keep, denoised = denoise_mask(embeddings, config.denoise)
     seen = int(running["n_patches"].item()) + int(embeddings[:, 0].numel())
+    samples = search_samples(embeddings, keep, config)
     previous = model.memory_bank.detach().cpu().float()
     with watch.time("coreset_s"):
         if config.regions > 1:
@@ -122,13 +125,37 @@ def update_patchcore(config: PatchCoreConfig, model, running: dict, batches: Ite
         else:
             candidates = torch.cat([previous, patch_rows(embeddings, keep)])
             bank = select_memory_bank(candidates, config, progress, n_patches=seen)
-    model = _install(config, bank, seen)
+    model = _install(config, bank, seen, samples)
     info = {"n_patches_added": int(embeddings[:, 0].numel()), "n_patches": seen, "bank_size": config.bank_size}
     return model, {**info, **denoised, **watch.timings}
 
 
-def _install(config: PatchCoreConfig, bank, n_patches: int) -> PatchCoreModel:
+def search_samples(embeddings, keep, config: PatchCoreConfig, count: int = 2048) -> list | None:
+    """Up to `count` good training patches (seeded) per bank, from each region's own cells or from the whole grid:
+    what the projected search's γ is estimated on (projection.py). None when the search is exact."""
+    _images, dim, height, width = embeddings.shape
+    if not 0 < config.search_dim < dim:
+        return None
+    if config.regions > 1:
+        cells = [(rows, cols) for rows, cols, _rw, _cw in layout(height, width, config.regions, config.region_margin)]
+    else:
+        cells = [(slice(None), slice(None))]
+    generator = torch.Generator().manual_seed(config.seed)
+    samples = []
+    for rows, cols in cells:
+        flat = embeddings[:, :, rows, cols].permute(0, 2, 3, 1).reshape(-1, dim)
+        if keep is not None:
+            flat = flat[keep[:, rows, cols].reshape(-1)]
+        samples.append(flat[torch.randperm(flat.shape[0], generator=generator)[:count]].clone())
+    return samples
+
+
+def _install(config: PatchCoreConfig, bank, n_patches: int, samples=None) -> PatchCoreModel:
     model = PatchCoreModel(config)
     model.memory_bank.copy_(bank)
+    if model.projected:  # the bases follow the bank: recomputed whenever fit or update selects it
+        sizes = list(config.region_rows) if config.regions > 1 else [int(bank.shape[0])]
+        bases = principal_bases(bank, sizes, config.search_dim)
+        model.search_basis.copy_(bases if samples is None else with_agreement(bases, bank, sizes, samples))
     model.running = {"n_patches": torch.tensor([n_patches], dtype=torch.float64)}
     return model.eval()

@@ -74,9 +74,9 @@ def select_region_banks(
     return torch.cat(banks), [int(bank.shape[0]) for bank in banks]
 
 
-def region_distances(embedding, bank, sizes: list[int], parts: int, margin: int, search):
-    """N×1×h×w nearest distances of an N×D×h×w embedding, each patch searched by `search(N×D×h'×w' block, rows)`
-    in its own region's rows of `bank`."""
+def region_distances(embedding, bank, sizes: list[int], parts: int, margin: int, search, bases=None):
+    """N×1×h×w nearest distances of an N×D×h×w embedding, each patch searched by `search(N×D×h'×w' block, rows,
+    basis)` in its own region's rows of `bank`; `basis` is the region's of `bases` (projection.py), or None."""
     height, width = embedding.shape[-2:]
     regions = layout(height, width, parts, margin)
     if len(regions) != len(sizes):
@@ -88,7 +88,8 @@ def region_distances(embedding, bank, sizes: list[int], parts: int, margin: int,
     bands, cells = [], []
     for index, (rows, cols, _row_window, _col_window) in enumerate(regions):
         block = embedding[:, :, rows, cols]
-        cells.append(search(block, bank[offsets[index] : offsets[index + 1]]))
+        basis = None if bases is None else bases[index]
+        cells.append(search(block, bank[offsets[index] : offsets[index + 1]], basis))
         if cols.stop == width:  # the band of regions at these rows is complete
             bands.append(torch.cat(cells, dim=3) if len(cells) > 1 else cells[0])
             cells = []
