@@ -9,13 +9,13 @@ With x = q − c and r = b − c, split both into the subspace part (xV, rV) and
     ||q − b||² = ||xV − rV||² + Lx² + Lr² − 2·Lx·Lr·cos θ
 
 where θ is the angle between the two residuals, the one thing the search does not know. It uses a fixed cos θ = γ
-per bank, estimated at fit as the mean over good training patches and their nearest rows (`agreement`): the
-distance of a good patch to its match is then right on average, while a patch whose residual is longer than any
-good one's keeps that energy. γ = 0 (residuals at right angles) over-states a good patch's distance by 2·Lx·Lr·cos θ,
-much when near neighbours' residuals agree; γ = 1 (residuals parallel) is a lower bound that lets an odd residual pass for a good one of the same
-length. Measured with k = 64 (image AUROC, eager; exact search, then γ = 0 / γ = 1 / fitted γ): cfd 0.929, then
-0.929 / 0.911 / 0.927; ELPV mono 0.904, then 0.895 / 0.904 / 0.898. No fixed γ suits both, and the fitted one is
-never the worst (docs/speed.md, "Projected search").
+per bank, estimated at fit as the mean over good training patches and their nearest rows (`agreement`): the distance
+of a good patch to its match is then right on average, while a patch whose residual is longer than any good one's
+keeps that energy. γ = 0 (residuals at right angles) over-states a good patch's distance by 2·Lx·Lr·cos θ, much when
+near neighbours' residuals agree; γ = 1 (residuals parallel) is a lower bound that lets an odd residual pass for a
+good one of the same length. Measured with k = 64 (image AUROC, eager; exact search, then γ = 0 / γ = 1 / fitted γ):
+cfd 0.929, then 0.929 / 0.911 / 0.927; ELPV mono 0.904, then 0.895 / 0.904 / 0.898. No fixed γ suits both, and the
+fitted one is never the worst (docs/speed.md, "Projected search").
 
 The distance above is a plain Euclidean distance between points of k + 3 dimensions,
 (xV, √γ·Lx, √(1−γ)·Lx, 0) and (rV, √γ·Lr, 0, √(1−γ)·Lr), so the search keeps its one GEMM and ReduceMin, at
