@@ -141,8 +141,7 @@ class PatchCoreModel(MapScoring, nn.Module):
         if self.projected:
             banks = max(1, len(config.region_rows)) if config.regions > 1 else 1
             self.register_buffer("search_basis", torch.zeros(banks, feature_dim, config.search_dim + 2))
-            self.stats_names = ("memory_bank", "search_basis")
-            self.resizable_stats = {}  # the bases belong to the bank they were computed from
+            self.stats_names = ("memory_bank", "search_basis")  # a refitted sidecar bank brings its own bases
 
     accepts_features = True  # forward/infer take the backbone's outputs from a wrapper that computed them (segad)
 
