@@ -34,7 +34,7 @@ def fit_patchcore(config: PatchCoreConfig, batches: Iterable, device: str = "cpu
     with watch.time("denoise_s"):
         keep, denoised = denoise_mask(embeddings, config.denoise)
     n_patches = int(embeddings[:, 0].numel())
-    samples = search_samples(embeddings, keep, config)
+    samples = search_samples(embeddings, keep, config) if model.projected else None
     with watch.time("coreset_s"):
         if config.regions > 1:
             bank = select_region_memory(embeddings, keep, config, progress, n_patches)
@@ -82,7 +82,7 @@ def select_region_memory(embeddings, keep, config, progress=None, n_patches: int
             f"the run's bank has {len(config.region_rows)} regions, not the {config.regions}x{config.regions} its "
             "config names: refit it with `edgeiad train`"
         )
-    old = iter(_split(previous, config.region_rows)) if previous is not None else None
+    old = iter(previous.split(list(config.region_rows))) if previous is not None else None
     cap = getattr(config, "max_bank", 0)
     total, done = sum(region_budgets(height, width, parts, margin, budget, cap)), [0]
 
@@ -100,13 +100,6 @@ def select_region_memory(embeddings, keep, config, progress=None, n_patches: int
     return bank
 
 
-def _split(bank, sizes):
-    start = 0
-    for size in sizes:
-        yield bank[start : start + size]
-        start += size
-
-
 def update_patchcore(config: PatchCoreConfig, model, running: dict, batches: Iterable, device="cpu", progress=None):
     """Add new good images: bank re-selected from the current bank and the new patches (denoised among the new
     images when `denoise` is on), sized for all patches seen. Returns (model, info)."""
@@ -117,7 +110,7 @@ def update_patchcore(config: PatchCoreConfig, model, running: dict, batches: Ite
     with watch.time("denoise_s"):
         keep, denoised = denoise_mask(embeddings, config.denoise)
     seen = int(running["n_patches"].item()) + int(embeddings[:, 0].numel())
-    samples = search_samples(embeddings, keep, config)
+    samples = search_samples(embeddings, keep, config) if model.projected else None
     previous = model.memory_bank.detach().cpu().float()
     with watch.time("coreset_s"):
         if config.regions > 1:
@@ -130,12 +123,10 @@ def update_patchcore(config: PatchCoreConfig, model, running: dict, batches: Ite
     return model, {**info, **denoised, **watch.timings}
 
 
-def search_samples(embeddings, keep, config: PatchCoreConfig, count: int = 2048) -> list | None:
+def search_samples(embeddings, keep, config: PatchCoreConfig, count: int = 2048) -> list:
     """Up to `count` good training patches (seeded) per bank, from each region's own cells or from the whole grid:
-    what the projected search's γ is estimated on (projection.py). None when the search is exact."""
+    what the projected search's γ is estimated on (projection.py)."""
     _images, dim, height, width = embeddings.shape
-    if not 0 < config.search_dim < dim:
-        return None
     if config.regions > 1:
         cells = [(rows, cols) for rows, cols, _rw, _cw in layout(height, width, config.regions, config.region_margin)]
     else:

@@ -49,10 +49,7 @@ def principal_bases(bank, sizes: list[int], keep: int):
         raise ConfigError("the memory bank holds NaN or infinite values: check the training images and refit")
     dim = bank.shape[1]
     bases = torch.zeros(len(sizes), dim, keep + 2, dtype=torch.float64)
-    start = 0
-    for index, size in enumerate(sizes):
-        rows = bank[start : start + size].double()
-        start += size
+    for index, rows in enumerate(bank.double().split(list(sizes))):
         centre = rows.mean(dim=0)
         _u, _s, vt = torch.linalg.svd(rows - centre, full_matrices=False)
         found = min(keep, vt.shape[0])
@@ -88,10 +85,8 @@ def agreement(samples, rows, basis, chunk: int = 256) -> float:
 def with_agreement(bases, bank, sizes: list[int], samples: list):
     """`bases` with each bank's γ filled in from its good patches `samples[i]` (`agreement`)."""
     bases = bases.clone()
-    start = 0
-    for index, (size, sample) in enumerate(zip(sizes, samples)):
-        bases[index, 0, -1] = agreement(sample, bank[start : start + size], bases[index])
-        start += size
+    for index, (rows, sample) in enumerate(zip(bank.split(list(sizes)), samples)):
+        bases[index, 0, -1] = agreement(sample, rows, bases[index])
     return bases
 
 
