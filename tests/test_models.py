@@ -153,11 +153,14 @@ def test_ensemble_members_equal_patchcore_and_padim_with_its_statistics(trained_
 
     _record, ensemble = load_model(trained_runs["ensemble"])
     config = ensemble.config
-    keys = ("bank_size", "neighbourhood", "regions", "region_margin", "region_rows")  # its half searches exactly
+    keys = ("bank_size", "neighbourhood", "regions", "region_margin", "region_rows", "search_dim")
     sizes = {key: getattr(config, key) for key in keys}  # as its half
     assert config.regions == 2 and len(config.region_rows) == 4  # the default region banks, as PatchCore's
-    patchcore = PatchCoreModel(get_model("patchcore").make_config(**_shared(config), **sizes, search_dim=0))
+    patchcore = PatchCoreModel(get_model("patchcore").make_config(**_shared(config), **sizes))
+    assert ensemble.projected == patchcore.projected
     patchcore.memory_bank.copy_(ensemble.memory_bank)
+    if patchcore.projected:
+        patchcore.search_basis.copy_(ensemble.search_basis)
     padim = PadimModel(get_model("padim").make_config(**_shared(config), n_features=config.n_features))
     padim.mean.copy_(ensemble.mean)
     padim.inv_covariance.copy_(ensemble.inv_covariance)

@@ -173,3 +173,51 @@ def test_fit_export_sidecar_and_update(synthetic_mvtec, tmp_path):
     bases = principal_bases(updated.memory_bank, updated.config.region_rows, 8)
     torch.testing.assert_close(updated.search_basis[..., :-1], bases[..., :-1])
     assert not torch.equal(updated.search_basis[:, 0, -1], gammas)  # γ re-estimated on the new images
+
+
+def test_the_ensembles_patchcore_half_searches_projected(synthetic_mvtec, tmp_path):
+    from edgeiad_runtime import Detector
+    from edgeiad_runtime.safetensors_io import load_file
+
+    from edgeiad.engine import train
+    from edgeiad.export import export_run
+    from edgeiad.runs import load_model
+
+    spec = get_model("ensemble")
+    assert spec.make_config().search_dim == 96  # as PatchCore's default
+    assert spec.config_cls().from_dict({"model": "ensemble", "image_size": [64, 64]}).search_dim == 0  # legacy
+    with pytest.raises(ConfigError, match="search_dim"):
+        spec.make_config(search_dim=-1)
+    # 8 directions: the tests' small region banks have fewer rows than the default's 96, which is then exact
+    overrides = {**model_overrides("ensemble"), "search_dim": 8}
+    run = train("ensemble", synthetic_mvtec, out=tmp_path / "run", overrides=overrides, progress=False)
+    _record, model = load_model(run)
+    config = model.config
+    assert model.projected and model.search_basis.shape == (4, model.memory_bank.shape[1], 10)
+    torch.testing.assert_close(
+        model.search_basis[..., :-1], principal_bases(model.memory_bank, config.region_rows, 8)[..., :-1]
+    )
+    assert ((model.search_basis[:, 0, -1] > 0) & (model.search_basis[:, 0, -1] < 1)).all()  # γ fitted
+    image = torch.randn(2, 3, *model.image_size, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        graph, eager = model(image), model.infer(image)
+        exact = spec.model_cls()(spec.config_cls()(**{**config.__dict__, "search_dim": 0}))
+        exact.load_state_dict({k: v for k, v in model.state_dict().items() if k != "search_basis"})
+        full = exact(image)
+    torch.testing.assert_close(graph[0], eager[0], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(graph[0], full[0])  # searched in 8 of the features' dimensions, not exactly
+
+    sidecar = export_run(run, "onnx", "fp32", "sidecar", "1", out=tmp_path / "sidecar")
+    assert json.loads((sidecar / "manifest.json").read_text())["parity"]["passed"] is True
+    assert set(load_file(sidecar / "stats.safetensors")) == {
+        "memory_bank",
+        "mean",
+        "inv_covariance",
+        "calibration",
+        "search_basis",
+    }
+    baked = export_run(run, "onnx", "fp32", "baked", "1", out=tmp_path / "baked")
+    frame = np.random.default_rng(1).integers(0, 255, (*model.image_size, 3), dtype=np.uint8)
+    one = Detector.load(baked, threads=1).predict(frame)
+    two = Detector.load(sidecar, threads=1).predict(frame)
+    np.testing.assert_allclose(one.anomaly_map, two.anomaly_map, rtol=1e-5, atol=1e-5)

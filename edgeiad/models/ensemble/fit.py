@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from ...errors import require_torch
 from .._fitting import Stopwatch
 from ..padim.fit import gaussian_statistics
-from ..patchcore.fit import select_memory_bank, select_region_memory
+from ..patchcore.fit import search_bases, search_samples, select_memory_bank, select_region_memory
 from .torch_model import EnsembleConfig, EnsembleModel
 
 torch = require_torch()
@@ -23,6 +23,7 @@ def fit_ensemble(config: EnsembleConfig, batches: Iterable, device: str = "cpu",
     held = _held_out(images.shape[0], config.calibration_share)
     kept = torch.ones(images.shape[0], dtype=torch.bool)
     kept[held] = False
+    samples = search_samples(local[kept], None, config) if model.projected else None
     with watch.time("coreset_s"):
         if config.regions > 1:
             bank = select_region_memory(local[kept], None, config, progress)
@@ -32,6 +33,8 @@ def fit_ensemble(config: EnsembleConfig, batches: Iterable, device: str = "cpu",
         mean, inverse = gaussian_statistics(plain[kept].double(), config.regularization)
     model = EnsembleModel(config)  # rebuilt with the bank size the coreset chose
     model.memory_bank.copy_(bank)
+    if model.projected:  # the PatchCore half's bases follow its bank, as in PatchCore's fit
+        model.search_basis.copy_(search_bases(config, bank, samples))
     model.mean.copy_(mean.float())
     model.inv_covariance.copy_(inverse.float())
     with watch.time("calibration_s"):

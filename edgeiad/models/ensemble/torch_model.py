@@ -9,6 +9,7 @@ from .._ops import GaussianBlur, MapScoring, aggregate_features
 from ..backbones import FeatureExtractor
 from ..config import FeatureBankConfig
 from ..padim.torch_model import check_n_features, mahalanobis_distances, random_channels
+from ..patchcore.projection import check_search_dim
 from ..patchcore.torch_model import (
     bank_distances,
     check_coreset_ratio,
@@ -33,6 +34,7 @@ class EnsembleConfig(FeatureBankConfig):
     regions: int = 2  # PatchCore's region banks, as in PatchCoreConfig; region_rows is set by fit
     region_margin: int = 2
     region_rows: list = field(default_factory=list)
+    search_dim: int = 96  # PatchCore's projected search, as in PatchCoreConfig; 0 searches every dimension
     bank_size: int = 0
     feature_dim: int = 0
     n_features: int = 100
@@ -41,14 +43,15 @@ class EnsembleConfig(FeatureBankConfig):
     # Calibrated score = (raw - its median on held-out good patches) / (its q-quantile - that median).
     calibration_quantile: float = 0.995
 
-    # Runs fitted before these fields existed used the 3x3 averaging and one bank.
-    LEGACY = {**FeatureBankConfig.LEGACY, "neighbourhood": 3, "regions": 1}
+    # Runs fitted before these fields existed used the 3x3 averaging, one bank and the exact search.
+    LEGACY = {**FeatureBankConfig.LEGACY, "neighbourhood": 3, "regions": 1, "search_dim": 0}
 
     def validate(self) -> None:
         super().validate()
         check_coreset_ratio(self.coreset_ratio)
         check_neighbourhood(self.neighbourhood)
         check_regions(self.regions, self.region_margin, self.region_rows, self.bank_size)
+        check_search_dim(self.search_dim)
         check_n_features(self.n_features)
         if not 0.0 < self.calibration_share < 1.0 or not 0.5 < self.calibration_quantile < 1.0:
             raise ConfigError("calibration_share must be in (0, 1), calibration_quantile in (0.5, 1): e.g. 0.1, 0.995")
@@ -83,6 +86,13 @@ class EnsembleModel(MapScoring, nn.Module):
         self.blur = GaussianBlur(config.sigma)
         if config.regions > 1:  # each region's rows sit at fixed offsets: a sidecar bank of another size cannot swap in
             self.resizable_stats = {}
+        # PatchCore's projected search (patchcore/projection.py): one basis per bank, filled by fit.
+        feature_dim = self.memory_bank.shape[1]
+        self.projected = 0 < config.search_dim < feature_dim
+        if self.projected:
+            banks = max(1, len(config.region_rows)) if config.regions > 1 else 1
+            self.register_buffer("search_basis", torch.zeros(banks, feature_dim, config.search_dim + 2))
+            self.stats_names = (*self.stats_names, "search_basis")
 
     def embed(self, image):
         """(PatchCore's patch features, PaDiM's channel subset), both at stride 8, from one backbone pass."""
@@ -98,10 +108,16 @@ class EnsembleModel(MapScoring, nn.Module):
         second = (mahalanobis - calibration[1, 0]) / calibration[1, 1]
         return (first + second) * 0.5
 
-    def forward(self, image, memory_bank=None, mean=None, inv_covariance=None, calibration=None):
+    def bases(self, search_basis=None):
+        """The PatchCore half's search bases (given, else the fitted ones), or None when it searches exactly."""
+        if search_basis is None and self.projected:
+            return self.search_basis
+        return search_basis
+
+    def forward(self, image, memory_bank=None, mean=None, inv_covariance=None, calibration=None, search_basis=None):
         local, plain = self.embed(image)
         bank = self.memory_bank if memory_bank is None else memory_bank
-        nearest = bank_distances(local, bank, self.config, nearest_distances)
+        nearest = bank_distances(local, bank, self.config, nearest_distances, self.bases(search_basis))
         mean = self.mean if mean is None else mean
         inv_covariance = self.inv_covariance if inv_covariance is None else inv_covariance
         mahalanobis = mahalanobis_distances(plain, mean, inv_covariance)
@@ -112,7 +128,7 @@ class EnsembleModel(MapScoring, nn.Module):
     def member_scores(self, image):
         """Raw (PatchCore, PaDiM) patch scores with a bounded-memory kNN search, for fitting and evaluation."""
         local, plain = self.embed(image)
-        nearest = bank_distances(local, self.memory_bank, self.config, chunked_distances)
+        nearest = bank_distances(local, self.memory_bank, self.config, chunked_distances, self.bases())
         return nearest, mahalanobis_distances(plain, self.mean, self.inv_covariance)
 
     @torch.no_grad()

@@ -145,8 +145,15 @@ def _install(config: PatchCoreConfig, bank, n_patches: int, samples=None) -> Pat
     model = PatchCoreModel(config)
     model.memory_bank.copy_(bank)
     if model.projected:  # the bases follow the bank: recomputed whenever fit or update selects it
-        sizes = list(config.region_rows) if config.regions > 1 else [int(bank.shape[0])]
-        bases = principal_bases(bank, sizes, config.search_dim)
-        model.search_basis.copy_(bases if samples is None else with_agreement(bases, bank, sizes, samples))
+        model.search_basis.copy_(search_bases(config, bank, samples))
     model.running = {"n_patches": torch.tensor([n_patches], dtype=torch.float64)}
     return model.eval()
+
+
+def search_bases(config, bank, samples=None):
+    """Each bank's principal directions, centre and γ (projection.py) for the projected search of a PatchCore
+    search over `bank` (stacked region banks when `config.regions` > 1); γ is estimated on `samples` when given
+    (`search_samples`), else left at 0."""
+    sizes = list(config.region_rows) if config.regions > 1 else [int(bank.shape[0])]
+    bases = principal_bases(bank, sizes, config.search_dim)
+    return bases if samples is None else with_agreement(bases, bank, sizes, samples)
