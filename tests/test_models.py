@@ -78,6 +78,11 @@ def test_chunked_search_matches_brute_force_with_small_chunks():
     torch.testing.assert_close(distances.double(), brute.min(dim=1).values, rtol=1e-5, atol=1e-5)
     assert torch.equal(indices, brute.argmin(dim=1))
     torch.testing.assert_close(min_euclidean(queries, bank), distances, rtol=1e-5, atol=1e-5)
+    queries, bank = torch.randn(1500, 8, generator=generator) + 3, torch.randn(5000, 8, generator=generator)
+    brute = torch.cdist(queries.double(), bank.double())  # two blocks of each at the default chunk sizes
+    distances, indices = chunked_min_euclidean(queries, bank)
+    torch.testing.assert_close(distances.double(), brute.min(dim=1).values, rtol=1e-5, atol=1e-5)
+    assert (indices == brute.argmin(dim=1)).float().mean() > 0.999  # float32 near-ties may pick the other row
 
 
 def test_patch_neighbourhood_averages_each_layer_over_its_cells_without_padding():

@@ -95,28 +95,30 @@ def min_euclidean(queries, bank, bank_sq_norms=None):
 
 
 @torch.no_grad()
-def chunked_min_euclidean(queries, bank, query_chunk: int = 4096, bank_chunk: int = 16384):
+def chunked_min_euclidean(queries, bank, query_chunk: int = 1024, bank_chunk: int = 4096):
     """Nearest-bank distance (and index) for many queries with bounded memory.
 
-    Peak extra memory is query_chunk x bank_chunk floats (256 MB at the defaults), whatever the
-    sizes: a 20k x 200k search never materialises its 16 GB distance matrix.
+    Peak extra memory is query_chunk x bank_chunk floats (16 MB at the defaults), whatever the sizes: a 20k x 200k
+    search never materialises its 16 GB distance matrix. Each block is |b|² − 2·q·b from one GEMM; |q|², the same
+    for every row of the bank, is added after the minimum. The blocks are small enough to stay in cache: at 4096 x
+    16384 the passes over the block cost more than the GEMM (k-means of 16k x 150 points against 13k centres, one
+    thread: 2.5x slower, /work/studies/s11/cme.py).
     """
-    bank_sq = (bank * bank).sum(dim=1)
+    bank_sq = (bank * bank).sum(dim=1).unsqueeze(0)
     distances = torch.empty(queries.shape[0], dtype=queries.dtype)
     indices = torch.empty(queries.shape[0], dtype=torch.long)
     for q_start in range(0, queries.shape[0], query_chunk):
         q = queries[q_start : q_start + query_chunk]
-        q_sq = (q * q).sum(dim=1, keepdim=True)
         best = torch.full((q.shape[0],), math.inf, dtype=q.dtype)
         best_index = torch.zeros(q.shape[0], dtype=torch.long)
         for b_start in range(0, bank.shape[0], bank_chunk):
             block = bank[b_start : b_start + bank_chunk]
-            squared = torch.addmm(q_sq + bank_sq[b_start : b_start + bank_chunk], q, block.T, alpha=-2.0)
-            values, where = squared.min(dim=1)
+            partial = torch.addmm(bank_sq[:, b_start : b_start + bank_chunk], q, block.T, alpha=-2.0)
+            values, where = partial.min(dim=1)
             better = values < best
             best = torch.where(better, values, best)
             best_index = torch.where(better, where + b_start, best_index)
-        distances[q_start : q_start + q.shape[0]] = torch.sqrt(torch.clamp(best, min=0.0))
+        distances[q_start : q_start + q.shape[0]] = torch.sqrt(torch.clamp(best + (q * q).sum(dim=1), min=0.0))
         indices[q_start : q_start + q.shape[0]] = best_index
     return distances, indices
 
