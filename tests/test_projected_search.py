@@ -120,6 +120,24 @@ def test_config_default_checks_and_legacy_runs():
     assert not wide.projected and not hasattr(wide, "search_basis")
 
 
+def _check_projected(spec, model, k: int) -> None:
+    """A fitted model of 2 x 2 region banks searches in k directions: its bases are the banks' principal ones, γ
+    is fitted in (0, 1), the graph equals the eager search, and both differ from the exact search."""
+    assert model.projected and model.search_basis.shape == (4, model.memory_bank.shape[1], k + 2)
+    bases = principal_bases(model.memory_bank, model.config.region_rows, k)
+    torch.testing.assert_close(model.search_basis[..., :-1], bases[..., :-1])
+    gammas = model.search_basis[:, 0, -1]
+    assert ((gammas > 0) & (gammas < 1)).all() and (model.search_basis[:, 1:, -1] == 0).all()
+    image = torch.randn(2, 3, *model.image_size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        graph, eager = model(image), model.infer(image)
+        exact = spec.model_cls()(spec.config_cls()(**{**model.config.__dict__, "search_dim": 0}))
+        exact.load_state_dict({key: v for key, v in model.state_dict().items() if key != "search_basis"})
+        full = exact(image)
+    torch.testing.assert_close(graph[0], eager[0], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(graph[0], full[0])  # k of the features' dimensions: not the exact search
+
+
 def test_fit_export_sidecar_and_update(synthetic_mvtec, tmp_path):
     from edgeiad_runtime import Detector
     from edgeiad_runtime.safetensors_io import load_file
@@ -136,19 +154,8 @@ def test_fit_export_sidecar_and_update(synthetic_mvtec, tmp_path):
     spec = get_model("patchcore")
     _record, model = load_model(run)
     config = model.config
-    assert model.projected and model.search_basis.shape == (4, model.memory_bank.shape[1], 10)
-    bases = principal_bases(model.memory_bank, config.region_rows, 8)
-    torch.testing.assert_close(model.search_basis[..., :-1], bases[..., :-1])
+    _check_projected(spec, model, 8)
     gammas = model.search_basis[:, 0, -1]
-    assert ((gammas > 0) & (gammas < 1)).all() and (model.search_basis[:, 1:, -1] == 0).all()
-    image = torch.randn(2, 3, *model.image_size, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        graph, eager = model(image), model.infer(image)
-        exact = spec.model_cls()(spec.config_cls()(**{**config.__dict__, "search_dim": 0}))
-        exact.load_state_dict({k: v for k, v in model.state_dict().items() if k != "search_basis"})
-        full = exact(image)
-    torch.testing.assert_close(graph[0], eager[0], rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(graph[0], full[0])  # 8 of the features' dimensions: not the exact search
 
     baked = export_run(run, "onnx", "fp32", "baked", "dynamic:4", out=tmp_path / "baked")
     manifest = json.loads((baked / "manifest.json").read_text())
@@ -192,20 +199,7 @@ def test_the_ensembles_patchcore_half_searches_projected(synthetic_mvtec, tmp_pa
     overrides = {**model_overrides("ensemble"), "search_dim": 8}
     run = train("ensemble", synthetic_mvtec, out=tmp_path / "run", overrides=overrides, progress=False)
     _record, model = load_model(run)
-    config = model.config
-    assert model.projected and model.search_basis.shape == (4, model.memory_bank.shape[1], 10)
-    torch.testing.assert_close(
-        model.search_basis[..., :-1], principal_bases(model.memory_bank, config.region_rows, 8)[..., :-1]
-    )
-    assert ((model.search_basis[:, 0, -1] > 0) & (model.search_basis[:, 0, -1] < 1)).all()  # γ fitted
-    image = torch.randn(2, 3, *model.image_size, generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        graph, eager = model(image), model.infer(image)
-        exact = spec.model_cls()(spec.config_cls()(**{**config.__dict__, "search_dim": 0}))
-        exact.load_state_dict({k: v for k, v in model.state_dict().items() if k != "search_basis"})
-        full = exact(image)
-    torch.testing.assert_close(graph[0], eager[0], rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(graph[0], full[0])  # searched in 8 of the features' dimensions, not exactly
+    _check_projected(spec, model, 8)
 
     sidecar = export_run(run, "onnx", "fp32", "sidecar", "1", out=tmp_path / "sidecar")
     assert json.loads((sidecar / "manifest.json").read_text())["parity"]["passed"] is True
