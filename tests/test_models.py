@@ -151,6 +151,22 @@ def test_readme_models_table_is_generated_from_the_registry():
     assert markdown_table() in readme, "README models table is stale: paste `edgeiad models --markdown`"
 
 
+def test_npad_searches_only_its_top_pixels_against_the_centroids(trained_runs):
+    """The image score's centroid search on the k top pixels equals searching every position and gathering."""
+    _record, model = load_model(trained_runs["npad"])
+    image = torch.randn(2, 3, *model.image_size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        copies = model._shifted(image)
+        pixel, score = model._scores(copies, *(getattr(model, name) for name in model.stats_names))
+        aggregated = model.aggregate(model.embed(copies)).flatten(2).transpose(1, 2)  # N×P×d
+        everywhere = torch.cdist(aggregated.double(), model.centroids.double()).min(dim=-1).values  # N×P
+    k = model.config.top_k
+    assert k < pixel[0].numel() and model.centroids.shape[0] > 1  # a real choice of pixels and of centroids
+    top, where = pixel.flatten(1).topk(k, dim=1)
+    paired = everywhere.gather(1, where).sort(dim=1, descending=True).values
+    torch.testing.assert_close(score.double(), (top.double() * paired).sqrt().mean(dim=1), rtol=1e-4, atol=1e-5)
+
+
 def test_ensemble_members_equal_patchcore_and_padim_with_its_statistics(trained_runs):
     """The ensemble's heads are PatchCore's and PaDiM's: same statistics, same patch scores, then calibrated."""
     from edgeiad.models.padim.torch_model import PadimModel, mahalanobis_distances

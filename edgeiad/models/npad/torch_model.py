@@ -141,15 +141,16 @@ class NpadModel(nn.Module):
         aggregated = self.aggregate(embedding).reshape(batch, dim, height * width).permute(2, 0, 1)
         map_b = mahalanobis(aggregated, mean_b, precision_b)
         pixel = (map_a * map_b).clamp(min=0.0).sqrt().transpose(0, 1)  # N×P
-        # Image score: top-k pixels; their aggregated features' distance to the nearest centroid.
-        queries = aggregated.transpose(0, 1)  # N×P×d
-        cross = torch.matmul(queries, (-2.0 * centroids).transpose(0, 1))
-        nearest = (cross + (centroids * centroids).sum(dim=1)).min(dim=-1).values
-        euclid = (nearest + (queries * queries).sum(dim=-1)).clamp(min=0.0).sqrt()  # N×P
+        # Image score: top-k pixels; their aggregated features' distance to the nearest centroid. Only those k
+        # features are searched: the centroid GEMM over all P positions was over half of the model's time.
         k = min(self.config.top_k, height * width)
         top, where = torch.topk(pixel, k, dim=1)
+        queries = torch.gather(aggregated.transpose(0, 1), 1, where.unsqueeze(-1).expand(-1, -1, dim))  # N×k×d
+        cross = torch.matmul(queries, (-2.0 * centroids).transpose(0, 1))
+        nearest = (cross + (centroids * centroids).sum(dim=1)).min(dim=-1).values
+        euclid = (nearest + (queries * queries).sum(dim=-1)).clamp(min=0.0).sqrt()  # N×k, in the pixels' order
         # Both lists in the same (descending) order; TopK with a constant k, not Sort: TensorRT needs K static.
-        paired = torch.topk(torch.gather(euclid, 1, where), k, dim=1).values
+        paired = torch.topk(euclid, k, dim=1).values
         score = (top * paired).clamp(min=0.0).sqrt().mean(dim=1)
         return pixel.reshape(batch, 1, height, width), score
 
