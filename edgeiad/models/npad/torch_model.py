@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import ConfigError, require_torch
-from .._ops import GaussianBlur, aggregate_features
+from .._ops import GaussianBlur, aggregate_features, min_euclidean
 from ..backbones import FeatureExtractor
 from ..config import ModelConfig
 
@@ -146,9 +146,7 @@ class NpadModel(nn.Module):
         k = min(self.config.top_k, height * width)
         top, where = torch.topk(pixel, k, dim=1)
         queries = torch.gather(aggregated.transpose(0, 1), 1, where.unsqueeze(-1).expand(-1, -1, dim))  # N×k×d
-        cross = torch.matmul(queries, (-2.0 * centroids).transpose(0, 1))
-        nearest = (cross + (centroids * centroids).sum(dim=1)).min(dim=-1).values
-        euclid = (nearest + (queries * queries).sum(dim=-1)).clamp(min=0.0).sqrt()  # N×k, in the pixels' order
+        euclid = min_euclidean(queries, centroids)  # N×k, in the pixels' order
         # Both lists in the same (descending) order; TopK with a constant k, not Sort: TensorRT needs K static.
         paired = torch.topk(euclid, k, dim=1).values
         score = (top * paired).clamp(min=0.0).sqrt().mean(dim=1)
