@@ -50,7 +50,11 @@ def isa_check(cpu: dict) -> list[dict]:
         else "OpenVINO runs f32 here (no bf16 units); int8 gains most with VNNI/AMX"
     )
     int8_units = isa & {"avx512_vnni", "avx_vnni", "amx_int8"}
-    speed = "int8 accelerated (VNNI/AMX)" if int8_units else "no int8 dot-product units"
+    speed = (
+        "int8 accelerated (VNNI/AMX): --profile intel-cpu-int8, then edgeiad bench to confirm it pays here"
+        if int8_units
+        else "no int8 dot-product units: int8 may not pay here (edgeiad bench says); fp32 profiles: intel-cpu, onnx-cpu"
+    )
     return [
         _check("cpu", "ok", f"{cpu['model']}, {cpu['cores']} cores, ISA {', '.join(cpu['isa']) or 'baseline'}"),
         _check("openvino precision", "ok", f"{hint}; {speed}"),

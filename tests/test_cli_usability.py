@@ -87,6 +87,16 @@ def test_doctor_reports_every_target(capsys, tmp_path):
     assert checks["write access"]["status"] == "ok" and "onnxruntime" in checks
 
 
+@pytest.mark.parametrize("isa", [["avx2", "avx512f", "avx512_vnni"], ["avx2", "avx_vnni"], ["avx2"], ["neon"]])
+def test_doctor_names_the_cpu_profile_that_fits_its_int8_units(isa):
+    from edgeiad.doctor import isa_check
+    from edgeiad.export.profiles import known_profiles
+
+    line = isa_check({"model": "test CPU", "cores": 2, "isa": isa})[1]["detail"]
+    named = ["intel-cpu-int8"] if "vnni" in " ".join(isa) else ["intel-cpu,", "onnx-cpu"]
+    assert all(name in line and name.strip(",") in known_profiles() for name in named) and "edgeiad bench" in line
+
+
 def test_profiles_are_package_data_of_the_wheel(tmp_path):
     from edgeiad.export.profiles import load_profile, profile_dirs
 

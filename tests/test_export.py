@@ -248,11 +248,25 @@ def test_force_replaces_an_artifact_and_failed_parity_leaves_nothing(trained_run
 
 
 def test_profiles_apply_and_unknown_ones_are_named(trained_runs, tmp_path, capsys):
-    from edgeiad.export.profiles import load_profile
+    from edgeiad.export.profiles import PROFILE_KEYS, known_profiles, load_profile
 
-    for name in ("intel-cpu", "jetson-orin-nano", "x86-cuda", "onnx-cpu"):
+    shipped = known_profiles()
+    assert {"intel-cpu", "intel-cpu-int8", "jetson-orin-nano", "x86-cuda", "onnx-cpu"} <= set(shipped)
+    for name in shipped:
         profile = load_profile(name)
         assert profile["target"] in TARGETS and profile["precision"] in TARGETS[profile["target"]].precisions
+        assert set(profile) <= PROFILE_KEYS and profile["description"]
+    out = tmp_path / "int8"
+    code, _, err = run_cli(
+        ["export", "--run", trained_runs["padim"], "--profile", "intel-cpu-int8", "--out", str(out)], capsys
+    )
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["target"], manifest["precision"]) == ("openvino", "int8")
+    with pytest.raises(ConfigError, match="sets image_size, which an export cannot change .* --image-size"):
+        sized = tmp_path / "sized.toml"  # early profiles carried a key that never reached the model
+        sized.write_text('target = "onnx"\nimage_size = 256\n')
+        load_profile(str(sized))
     code, _, err = run_cli(["export", "--run", trained_runs["padim"], "--profile", "toaster"], capsys)
     assert_one_line_error(code, err, r"profile 'toaster' not found: use one of .*intel-cpu")
     with pytest.raises(ConfigError, match="unknown keys"):

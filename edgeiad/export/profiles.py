@@ -14,7 +14,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PROFILE_KEYS = {
-    "name", "description", "device", "target", "precision", "stats", "batch", "threads", "image_size",
+    "name", "description", "device", "target", "precision", "stats", "batch", "threads",
     "preferred_batch", "max_queue_delay_us",  # Triton's dynamic batcher (edgeiad triton / serve)
 }  # fmt: skip
 
@@ -46,6 +46,11 @@ def load_profile(name_or_path: str) -> dict:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"profile {path} is not valid TOML ({exc}): fix the file") from None
+    if "image_size" in data:  # early profiles carried it, but a profile never changed the model's input
+        raise ConfigError(
+            f"profile {path} sets image_size, which an export cannot change (the model's input size is fixed when it "
+            "is trained): remove the key and train with edgeiad train --image-size N"
+        )
     unknown = sorted(set(data) - PROFILE_KEYS)
     if unknown:
         raise ConfigError(f"profile {path} has unknown keys {unknown}: allowed are {sorted(PROFILE_KEYS)}")
