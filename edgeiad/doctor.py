@@ -51,7 +51,8 @@ def isa_check(cpu: dict) -> list[dict]:
     )
     int8_units = isa & {"avx512_vnni", "avx_vnni", "amx_int8"}
     speed = (
-        "int8 accelerated (VNNI/AMX): --profile intel-cpu-int8, then edgeiad bench to confirm it pays here"
+        "int8 accelerated (VNNI/AMX): export with --profile intel-cpu-int8; "
+        "edgeiad bench --targets openvino --precisions fp32,int8 says whether it pays here"
         if int8_units
         else "no int8 dot-product units: int8 may not pay here (edgeiad bench says); fp32 profiles: intel-cpu, onnx-cpu"
     )
