@@ -167,6 +167,45 @@ def test_npad_searches_only_its_top_pixels_against_the_centroids(trained_runs):
     torch.testing.assert_close(score.double(), (top.double() * paired).sqrt().mean(dim=1), rtol=1e-4, atol=1e-5)
 
 
+def test_npad_scores_in_batches_its_working_memory_allows(trained_runs, tmp_path, monkeypatch):
+    """N-pad holds ~0.7 GB per 384 px image while scoring (a batch of 16 once needed 11.5 GB): eager scoring splits
+    its batch, and an export's default dynamic batch is lowered, to stay within the budget; the results are those
+    of one call."""
+    from edgeiad_runtime import Detector
+
+    import edgeiad.models._ops as ops
+    from edgeiad.export import export_run
+
+    spec = get_model("npad")
+    at_384 = spec.model_cls()(spec.make_config(image_size=(384, 384)))
+    assert 0.5e9 < at_384.working_bytes_per_image() < 1e9  # measured: +0.69 GB of peak RSS per image
+    assert ops.memory_bounded_batch(at_384, 16) == 1
+    del at_384
+    _record, model = load_model(trained_runs["npad"])
+    image = torch.randn(5, 3, *model.image_size, generator=torch.Generator().manual_seed(4))
+    monkeypatch.setattr(ops, "SCORING_MEMORY_BUDGET", 2 * model.working_bytes_per_image())
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda batch: calls.append(len(batch)) or forward(batch))
+    chunked = model.infer(image)
+    assert calls == [2, 2, 1]
+    whole = forward(image)
+    for part, one in zip(chunked, whole):
+        torch.testing.assert_close(part, one, rtol=1e-5, atol=1e-6)
+    lines = []
+    artifact = export_run(trained_runs["npad"], "onnx", out=tmp_path / "npad", echo=lines.append)
+    batch = json.loads((artifact / "manifest.json").read_text())["batch"]
+    assert batch == {"mode": "dynamic", "size": None, "max": 2}
+    assert any("per image while scoring: batch max 2" in line for line in lines)
+    with Detector.load(artifact, threads=1) as detector:
+        frames = [np.full((40, 48, 3), 60 * i, np.uint8) for i in range(5)]
+        together = [r.raw_score for r in detector.predict_batch(frames)]
+        assert together == pytest.approx([detector.predict(f).raw_score for f in frames], rel=1e-5, abs=1e-6)
+    explicit = export_run(trained_runs["npad"], "onnx", batch="dynamic:4", out=tmp_path / "four", echo=lines.append)
+    assert json.loads((explicit / "manifest.json").read_text())["batch"]["max"] == 4  # asked for: kept, with a note
+    assert any(line.startswith("note: npad holds") and "4 images need" in line for line in lines)
+
+
 def test_ensemble_members_equal_patchcore_and_padim_with_its_statistics(trained_runs):
     """The ensemble's heads are PatchCore's and PaDiM's: same statistics, same patch scores, then calibrated."""
     from edgeiad.models.padim.torch_model import PadimModel, mahalanobis_distances

@@ -69,6 +69,7 @@ def export_run(
         )
     out = Path(out) if out else Path("artifacts") / f"{model.config.model}-{spec.name}-{precision}-{stats}"
     _check_out(out, force)
+    batch_info = _bounded_batch(batch_info, batch, model, echo)
     dataset = run_dataset(record, data)
     started = time.perf_counter()
     with StagingDir(out) as staging:  # swapped in atomically: --force never leaves `out` missing
@@ -84,6 +85,28 @@ def export_run(
         manifest["export_seconds"] = round(time.perf_counter() - started, 2)
         _write(staging, manifest, sign)
     return out
+
+
+def _bounded_batch(batch_info: dict, given, model, echo) -> dict:
+    """The default dynamic batch, lowered for a model whose images each need a large working set (N-pad), so that
+    every runtime call, and the batches `edgeiad watch` forms, stay within SCORING_MEMORY_BUDGET; an explicit
+    `dynamic:N` or static N is kept, with the memory it will take."""
+    from ..models._ops import SCORING_MEMORY_BUDGET, memory_bounded_batch
+
+    if not hasattr(model, "working_bytes_per_image"):
+        return batch_info
+    largest = batch_info["max"]
+    bounded = memory_bounded_batch(model, largest)
+    if bounded >= largest:
+        return batch_info
+    name, per_image_gb = model.config.model, model.working_bytes_per_image() / 1e9
+    if parse_batch(given) == parse_batch(None):
+        budget = SCORING_MEMORY_BUDGET / 2**30
+        echo(f"{name} holds ~{per_image_gb:.1f} GB per image while scoring: batch max {bounded} ({budget:.0f} GiB)")
+        return {**batch_info, "max": bounded}
+    echo(f"note: {name} holds ~{per_image_gb:.1f} GB per image while scoring: {largest} images need ~"
+         f"{per_image_gb * largest:.0f} GB per call")  # fmt: skip
+    return batch_info
 
 
 def _check_out(out: Path, force: bool) -> None:

@@ -124,6 +124,20 @@ def chunked_min_euclidean(queries, bank, query_chunk: int = 1024, bank_chunk: in
 
 
 # TensorRT's TopK takes K ≤ 3840 (export/trt_check.py's TOPK_MAX_K; a test keeps the two equal).
+# Working memory one scoring call may hold for models whose per-image working set is large (N-pad): their eager
+# scoring and their exported artifacts' default batch stay below it.
+SCORING_MEMORY_BUDGET = 1 << 30
+
+
+def memory_bounded_batch(model, wanted: int) -> int:
+    """At most `wanted` images per scoring call; fewer when `model.working_bytes_per_image()` times the batch would
+    pass SCORING_MEMORY_BUDGET (never fewer than one)."""
+    per_image = getattr(model, "working_bytes_per_image", None)
+    if per_image is None:
+        return wanted
+    return max(1, min(wanted, SCORING_MEMORY_BUDGET // max(int(per_image()), 1)))
+
+
 TOPK_MAX_K = 3840
 
 

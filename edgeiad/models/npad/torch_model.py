@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import ConfigError, require_torch
-from .._ops import GaussianBlur, aggregate_features, min_euclidean
+from .._ops import GaussianBlur, aggregate_features, memory_bounded_batch, min_euclidean
 from ..backbones import FeatureExtractor
 from ..config import ModelConfig
 
@@ -114,6 +114,14 @@ class NpadModel(nn.Module):
     def grid_size(self) -> tuple[int, int]:
         return self.image_size[0] // 8, self.image_size[1] // 8
 
+    def working_bytes_per_image(self) -> int:
+        """Bytes map A holds at once per input image: every position's features at every offset, for the image and
+        its shifted copies, as about four float32 tensors (gathered, centred, times the precision, squared). At
+        384 px that is ~0.7 GB, so a batch of 16 needed ~11 GB."""
+        height, width = self.grid_size()
+        n_offsets = (2 * self.config.infer_radius + 1) ** 2
+        return 4 * 4 * height * width * n_offsets * (self.config.shift + 1) * self.config.n_features
+
     def embed(self, image):
         """The kept channels of the stride-8 multi-scale features, N×d×h×w."""
         features = aggregate_features(self.feature_extractor(image))
@@ -185,5 +193,9 @@ class NpadModel(nn.Module):
 
     @torch.no_grad()
     def infer(self, image):
-        """Eager scoring for evaluation (same graph)."""
-        return self.forward(image)
+        """Eager scoring for evaluation (same graph), in batches whose working set stays within the budget."""
+        step = memory_bounded_batch(self, len(image))
+        if step >= len(image):
+            return self.forward(image)
+        parts = [self.forward(image[start : start + step]) for start in range(0, len(image), step)]
+        return torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
