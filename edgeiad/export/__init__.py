@@ -100,7 +100,7 @@ def _bounded_batch(batch_info: dict, given, model, echo) -> dict:
     if bounded >= largest:
         return batch_info
     name, per_image_gb = model.config.model, model.working_bytes_per_image() / 1e9
-    if parse_batch(given) == parse_batch(None):
+    if given is None or str(given).strip().lower() == "dynamic":  # the default, not an explicit dynamic:N
         budget = SCORING_MEMORY_BUDGET / 2**30
         echo(f"{name} holds ~{per_image_gb:.1f} GB per image while scoring: batch max {bounded} ({budget:.0f} GiB)")
         return {**batch_info, "max": bounded}
