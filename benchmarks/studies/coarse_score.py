@@ -15,13 +15,12 @@ SET is elpv-mono, elpv-poly, a dev set name (bsdata, bsdata-full, deeppcb, cfd u
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
-from patchcore_levers import DEV_SETS
+from patchcore_levers import DEV_SETS, study_parser
 
 ORDER = ("bsdata", "bsdata-full", "deeppcb", "cfd", "elpv-mono", "elpv-poly")
 MAX_ROWS = 60_000
@@ -104,13 +103,8 @@ def table(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    one = sub.add_parser("fit")
-    one.add_argument("dataset")
-    one.add_argument("out")
+    parser, sub, one = study_parser(__doc__)
     one.add_argument("--block", type=int, default=14, help="backbone block whose features give the coarse score")
-    one.add_argument("--threads", type=int, default=1)
     many = sub.add_parser("table")
     many.add_argument("out")
     many.add_argument("--shares", type=float, nargs="+", default=[0.05, 0.2])

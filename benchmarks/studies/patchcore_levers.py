@@ -160,17 +160,23 @@ def scores(args) -> None:
                 print(line)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def study_parser(doc: str):
+    """(parser, its subcommands, the `fit SET OUT [--threads N]` subcommand) that the offline studies share."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     one = sub.add_parser("fit")
     one.add_argument("dataset")
     one.add_argument("out")
+    one.add_argument("--threads", type=int, default=1)
+    return parser, sub, one
+
+
+def main() -> None:
+    parser, sub, one = study_parser(__doc__)
     one.add_argument("--set", action="append", default=[], help="PatchCoreConfig override, key=python literal")
     one.add_argument("--deep-weight", type=float, default=1.0, help="scale the deepest tapped block's features")
     one.add_argument("--stretch", action="store_true", help="per-image 1..99 percentile contrast stretch")
     one.add_argument("--bank-flips", action="store_true", help="add flipped (and, if square, transposed) views")
-    one.add_argument("--threads", type=int, default=1)
     many = sub.add_parser("scores")
     many.add_argument("runs", nargs="+")
     args = parser.parse_args()
