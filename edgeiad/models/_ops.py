@@ -123,7 +123,6 @@ def chunked_min_euclidean(queries, bank, query_chunk: int = 1024, bank_chunk: in
     return distances, indices
 
 
-# TensorRT's TopK takes K ≤ 3840 (export/trt_check.py's TOPK_MAX_K; a test keeps the two equal).
 # Working memory one scoring call may hold for models whose per-image working set is large (N-pad): their eager
 # scoring and their exported artifacts' default batch stay below it.
 SCORING_MEMORY_BUDGET = 1 << 30
@@ -138,6 +137,7 @@ def memory_bounded_batch(model, wanted: int) -> int:
     return max(1, min(wanted, SCORING_MEMORY_BUDGET // max(int(per_image()), 1)))
 
 
+# TensorRT's TopK takes K ≤ 3840 (export/trt_check.py's TOPK_MAX_K; a test keeps the two equal).
 TOPK_MAX_K = 3840
 
 
