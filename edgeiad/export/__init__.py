@@ -93,10 +93,8 @@ def _bounded_batch(batch_info: dict, given, model, echo) -> dict:
     `dynamic:N` or static N is kept, with the memory it will take."""
     from ..models._ops import SCORING_MEMORY_BUDGET, memory_bounded_batch
 
-    if not hasattr(model, "working_bytes_per_image"):
-        return batch_info
     largest = batch_info["max"]
-    bounded = memory_bounded_batch(model, largest)
+    bounded = memory_bounded_batch(model, largest)  # `largest` for models that declare no working set
     if bounded >= largest:
         return batch_info
     name, per_image_gb = model.config.model, model.working_bytes_per_image() / 1e9
