@@ -2,7 +2,8 @@
 
 The stride-32 block (Lite0 block 14) helps EL cells as part of each patch's features but blurs the maps ("Layers"
 in docs/quality-study.md). This study keeps the map and adds the deeper block only at image level: each image's
-12×12 block-14 features against every training image's (an exact search, at most 60,000 rows drawn with seed 0);
+block-14 features (one per 32×32 pixels) against every training image's (an exact search, at most 60,000 rows drawn
+with seed 0);
 the coarse score is the mean of the top share of those distances. Both scores are standardised by the median and
 interquartile range of the good test images (what a held-out split of good images would give) and added, the
 coarse one weighted by w. Eager, image AUROC only: the maps do not change.
