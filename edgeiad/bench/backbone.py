@@ -9,9 +9,12 @@ from ..runs import load_model
 
 
 def export_backbone(run: Path, path: Path) -> Path:
-    """Export the run's feature extractor + feature aggregation (the model minus its scoring) to ONNX."""
+    """Export the run's feature extractor + feature aggregation (the model minus its scoring) to ONNX: every
+    backbone output the model reads (PatchCore's coarse score reads a deeper block than its map)."""
     torch = require_torch()
     _record, model = load_model(run)
+    features = getattr(model, "training_features", model.embed)
+    outputs = 2 if getattr(model, "coarse", False) else 1
 
     class Embed(torch.nn.Module):
         def __init__(self, inner) -> None:
@@ -19,7 +22,7 @@ def export_backbone(run: Path, path: Path) -> Path:
             self.inner = inner
 
         def forward(self, image):
-            return self.inner.embed(image)
+            return features(image)
 
     from ..export.onnx import OPSET
     from ..quiet import silenced
@@ -33,7 +36,7 @@ def export_backbone(run: Path, path: Path) -> Path:
             (example,),
             str(partial),
             input_names=["image"],
-            output_names=["embedding"],
+            output_names=["embedding", "coarse_features"][:outputs],
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},),
             dynamo=True,
             opset_version=OPSET,

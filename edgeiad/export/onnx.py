@@ -47,6 +47,8 @@ def export_onnx(model, path: Path, batch: dict, stats_mode: str, stats_dtype: st
         for name in (stats if stats_mode == "sidecar" else {})
     ]
     dynamic = (image_dims, *stat_dims) if image_dims is not None or any(stat_dims) else None
+    if dynamic and stat_dims and _takes_stats_as_varargs(model):  # forward(image, *stats): one nested input
+        dynamic = (image_dims, tuple(stat_dims))
     big = sum(value.nbytes for value in stats.values()) > EXTERNAL_DATA_BYTES
     with torch.no_grad():
         model.eval()(*args)  # eager first: shape-dependent constants (the map's upsampling operators) are built
@@ -75,6 +77,13 @@ def export_onnx(model, path: Path, batch: dict, stats_mode: str, stats_dtype: st
         "backbone_nodes": backbone_node_names(graph),
         "int8_nodes": backbone_node_names(graph, int8_fp32_scopes(model)),
     }
+
+
+def _takes_stats_as_varargs(model) -> bool:
+    import inspect
+
+    kinds = [parameter.kind for parameter in inspect.signature(model.forward).parameters.values()]
+    return inspect.Parameter.VAR_POSITIONAL in kinds
 
 
 def int8_fp32_scopes(model) -> tuple[str, ...]:

@@ -32,13 +32,17 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def collect_embeddings(embed: Callable, batches: Iterable, device: str) -> torch.Tensor:
-    """Run `embed` over all training batches; return N×D×h×w float32 features on the CPU."""
+def collect_embeddings(embed: Callable, batches: Iterable, device: str):
+    """Run `embed` over all training batches; return its N×… float32 features on the CPU (a tuple of them when
+    `embed` returns a tuple: several views of one backbone pass)."""
     chunks = []
     for array, _samples in batches:
-        chunks.append(embed(torch.from_numpy(array).to(device)).float().cpu())
+        out = embed(torch.from_numpy(array).to(device))
+        chunks.append(tuple(part.float().cpu() for part in out) if isinstance(out, tuple) else out.float().cpu())
     if not chunks:
         raise ConfigError("no training batches were produced: the training set is empty")
+    if isinstance(chunks[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*chunks))
     return torch.cat(chunks)
 
 

@@ -27,12 +27,16 @@ class FeatureExtractor(nn.Module):
         # Static "same" padding is computed from the real input size, which also keeps the graph export-friendly.
         net = effnet.EfficientNet.from_name(spec.package_model, image_size=tuple(image_size))
         net.load_state_dict(_state_dict(name), strict=True)
-        last = max(layers)
-        if last >= len(net._blocks) or min(layers) < 0:
+        count = len(net._blocks)
+        if max(layers) >= count or min(layers) < -count:
             raise ConfigError(
-                f"backbone {name} has blocks 0..{len(net._blocks) - 1}: layers {list(layers)} are invalid"
+                f"backbone {name} has blocks 0..{count - 1} (or -{count}..-1 from the last): layers {list(layers)} "
+                "are invalid"
             )
-        self.layers = tuple(sorted(layers))
+        # Sorted, duplicates dropped; a negative index counts from the last block (-1 is the last).
+        self.layers = tuple(sorted({index % count for index in layers}))
+        self.total_blocks = count
+        last = self.layers[-1]
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
         self.blocks = nn.ModuleList(net._blocks[: last + 1])
         self.eval()

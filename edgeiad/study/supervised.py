@@ -183,8 +183,13 @@ def _score(model, batches) -> Scored:
     with torch.no_grad():
         for array, _ in batches:
             batch = torch.from_numpy(np.ascontiguousarray(array))
-            features = model.bases[0].feature_extractor(batch)  # also the classifier's input: one backbone pass
-            outputs = model.base_outputs(batch, features)
+            shared = model.shared_features(batch) if model.shared_backbone else None
+            outputs = model.base_outputs(batch, shared)
+            # The classifier's input: the first base's patch blocks, from the same backbone pass when it is shared.
+            first = model.bases[0]
+            features = first.feature_extractor(batch) if shared is None else model.own_features(first, shared)
+            patch_blocks = set(first.config.resolved_layers())
+            features = [f for f, block in zip(features, first.feature_extractor.layers) if block in patch_blocks]
             maps = torch.cat([m for m, _ in outputs], dim=1)
             scored.pooled.append(torch.nn.functional.avg_pool2d(maps, model.config.pool))
             scored.clusters.append(model.segments_of(batch))

@@ -12,10 +12,11 @@ from collections.abc import Iterable
 from ...errors import ConfigError, require_torch
 from .._fitting import Stopwatch, collect_embeddings
 from .._robust import denoise_mask, patch_rows
+from .coarse import bank_owners, calibration_from, held_out_scores, select_coarse_bank
 from .coreset import greedy_coreset
 from .projection import principal_bases, with_agreement
 from .regions import layout, region_budgets, select_region_banks
-from .torch_model import PatchCoreConfig, PatchCoreModel
+from .torch_model import PatchCoreConfig, PatchCoreModel, chunked_distances
 
 torch = require_torch()
 
@@ -30,7 +31,8 @@ def fit_patchcore(config: PatchCoreConfig, batches: Iterable, device: str = "cpu
     watch = Stopwatch()
     model = PatchCoreModel(config).to(device)
     with watch.time("embedding_s"):
-        embeddings = collect_embeddings(model.embed, batches, device)
+        collected = collect_embeddings(model.training_features, batches, device)
+    embeddings, coarse = collected if model.coarse else (collected, None)
     with watch.time("denoise_s"):
         keep, denoised = denoise_mask(embeddings, config.denoise)
     n_patches = int(embeddings[:, 0].numel())
@@ -40,13 +42,34 @@ def fit_patchcore(config: PatchCoreConfig, batches: Iterable, device: str = "cpu
             bank = select_region_memory(embeddings, keep, config, progress, n_patches)
         else:
             rows = patch_rows(embeddings, keep)
-            del embeddings
+            if coarse is None:  # the coarse score's calibration scores each training image again
+                del embeddings
             bank = select_memory_bank(rows, config, progress, n_patches=n_patches)
-    model = _install(config, bank, n_patches, samples)
-    info = {"n_patches": n_patches, "bank_size": config.bank_size, **denoised, **watch.timings}
+    coarse_bank = coarse_owners = None
+    if coarse is not None:
+        with watch.time("coarse_bank_s"):
+            coarse_bank, coarse_owners = select_coarse_bank(coarse, config)
+    model = _install(config, bank, n_patches, samples, coarse_bank)
+    info = {"n_patches": n_patches, "bank_size": config.bank_size, **denoised}
+    if coarse is not None:
+        with watch.time("coarse_calibration_s"):
+            info.update(calibrate_coarse(model, embeddings, coarse, coarse_owners))
+    info.update(watch.timings)
     if config.regions > 1:
         info["region_rows"] = list(config.region_rows)
     return model, info
+
+
+def calibrate_coarse(model: PatchCoreModel, embeddings, coarse, coarse_owners) -> dict:
+    """Set the fused score's [offset, gain] (coarse.py) from the training images, each scored against the banks
+    without its own rows; return what the fit report says of it."""
+    owners = bank_owners(model.memory_bank, embeddings)
+    main, deep = held_out_scores(model, embeddings, coarse, owners, coarse_owners, chunked_distances)
+    calibration, note = calibration_from(main, deep, model.config.coarse_weight)
+    model.coarse_calibration.copy_(torch.tensor(calibration))
+    info = {"coarse_bank_size": model.config.coarse_bank_size, "coarse_calibration": calibration}
+    info["coarse_held_out_images"] = len(main)
+    return {**info, "coarse_note": note} if note else info
 
 
 def bank_budget(config: PatchCoreConfig, n_patches: int) -> int:
@@ -106,7 +129,8 @@ def update_patchcore(config: PatchCoreConfig, model, running: dict, batches: Ite
     watch = Stopwatch()
     model = model.to(device)
     with watch.time("embedding_s"):
-        embeddings = collect_embeddings(model.embed, batches, device)
+        collected = collect_embeddings(model.training_features, batches, device)
+    embeddings, coarse = collected if model.coarse else (collected, None)
     with watch.time("denoise_s"):
         keep, denoised = denoise_mask(embeddings, config.denoise)
     seen = int(running["n_patches"].item()) + int(embeddings[:, 0].numel())
@@ -118,7 +142,13 @@ def update_patchcore(config: PatchCoreConfig, model, running: dict, batches: Ite
         else:
             candidates = torch.cat([previous, patch_rows(embeddings, keep)])
             bank = select_memory_bank(candidates, config, progress, n_patches=seen)
-    model = _install(config, bank, seen, samples)
+    coarse_bank = calibration = None
+    if coarse is not None:  # new rows join the coarse bank; the fit's calibration of the fused score is kept
+        coarse_bank, _owners = select_coarse_bank(coarse, config, previous=model.coarse_bank.detach().cpu())
+        calibration = model.coarse_calibration.detach().cpu().clone()
+    model = _install(config, bank, seen, samples, coarse_bank)
+    if calibration is not None:
+        model.coarse_calibration.copy_(calibration)
     info = {"n_patches_added": int(embeddings[:, 0].numel()), "n_patches": seen, "bank_size": config.bank_size}
     return model, {**info, **denoised, **watch.timings}
 
@@ -141,9 +171,11 @@ def search_samples(embeddings, keep, config: PatchCoreConfig, count: int = 2048)
     return samples
 
 
-def _install(config: PatchCoreConfig, bank, n_patches: int, samples=None) -> PatchCoreModel:
+def _install(config: PatchCoreConfig, bank, n_patches: int, samples=None, coarse_bank=None) -> PatchCoreModel:
     model = PatchCoreModel(config)
     model.memory_bank.copy_(bank)
+    if coarse_bank is not None:
+        model.coarse_bank.copy_(coarse_bank)
     if model.projected:  # the bases follow the bank: recomputed whenever fit or update selects it
         model.search_basis.copy_(search_bases(config, bank, samples))
     model.running = {"n_patches": torch.tensor([n_patches], dtype=torch.float64)}

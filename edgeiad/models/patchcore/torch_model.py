@@ -9,6 +9,7 @@ from .._ops import GaussianBlur, MapScoring, aggregate_features, min_euclidean
 from .._robust import check_fraction
 from ..backbones import FeatureExtractor
 from ..config import FeatureBankConfig
+from .coarse import chunked_coarse_distances, coarse_score, fused_score, same_dtype
 from .projection import check_search_dim, project
 from .regions import region_distances
 
@@ -66,9 +67,20 @@ class PatchCoreConfig(FeatureBankConfig):
     # (every set within 0.002), 64 0.8804 / 0.9699 / 0.8204 (ELPV mono −0.006). ELPV mono bench, 1 / 2 threads: 37.7
     # → 34.3 / 21.8 → 20.8 ms (docs/speed.md, "Projected search").
     search_dim: int = 96
+    # Coarse image score (coarse.py; docs/quality-study.md, "A stride-32 image score beside the map"): the image
+    # score adds the mean of the top `coarse_share` of each image's distances, at backbone block `coarse_block`
+    # (negative: from the last; Lite0's -2 is block 14, one feature per 32 × 32 pixels), to the nearest of at most
+    # `coarse_rows` training features there. Its weight makes its spread over good images `coarse_weight` times
+    # the map score's, both measured at fit with each training image left out of the banks. The map does not
+    # change. 0 = off (the image score is the map's top share alone). `coarse_bank_size` is set by fit.
+    coarse_weight: float = 0.5
+    coarse_share: float = 0.2
+    coarse_block: int = -2
+    coarse_rows: int = 2048
+    coarse_bank_size: int = 0
 
-    # Runs fitted before these fields existed used the 3x3 averaging and one bank.
-    LEGACY = {**FeatureBankConfig.LEGACY, "neighbourhood": 3, "regions": 1, "search_dim": 0}
+    # Runs fitted before these fields existed used the 3x3 averaging, one bank, the exact search and no coarse score.
+    LEGACY = {**FeatureBankConfig.LEGACY, "neighbourhood": 3, "regions": 1, "search_dim": 0, "coarse_weight": 0.0}
 
     def validate(self) -> None:
         super().validate()
@@ -81,6 +93,7 @@ class PatchCoreConfig(FeatureBankConfig):
         check_search_dim(self.search_dim)
         if self.max_bank < 0:
             raise ConfigError(f"max_bank {self.max_bank} must be >= 0 (0 = no cap on the memory bank's rows)")
+        check_coarse(self)
 
 
 def check_coreset_ratio(ratio: float) -> None:
@@ -101,6 +114,18 @@ def check_regions(regions: int, margin: int, region_rows=(), bank_size: int = 0)
         )
 
 
+def check_coarse(config: PatchCoreConfig) -> None:
+    weight, share, rows = config.coarse_weight, config.coarse_share, config.coarse_rows
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 10.0:
+        raise ConfigError(f"coarse_weight {weight!r} is invalid: use 0 (off) to 10, e.g. 0.5")
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 < share <= 1.0:
+        raise ConfigError(f"coarse_share {share!r} is invalid: use a share in (0, 1], e.g. 0.2")
+    if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= 1_000_000:
+        raise ConfigError(f"coarse_rows {rows!r} is invalid: use 1 to 1000000 rows, e.g. 2048")
+    if isinstance(config.coarse_block, bool) or not isinstance(config.coarse_block, int):
+        raise ConfigError(f"coarse_block {config.coarse_block!r} is invalid: use a block index, e.g. -2")
+
+
 def check_neighbourhood(size: int) -> None:
     if not isinstance(size, int) or isinstance(size, bool) or size < 1 or size % 2 == 0 or size > 9:
         raise ConfigError(f"neighbourhood {size!r} is invalid: use an odd side from 1 (no averaging) to 9, e.g. 3")
@@ -119,8 +144,8 @@ def nearest_distances(embedding, memory_bank, basis=None):
 class PatchCoreModel(MapScoring, nn.Module):
     """image (N×3×H×W, normalised) → anomaly_map (N×1×H×W), pred_score (N).
 
-    The memory bank is a buffer, so export bakes it as a constant; `forward(image, memory_bank)`
-    takes it as an input instead for sidecar artifacts.
+    The memory bank is a buffer, so export bakes it as a constant; `forward(image, *stats)` takes the tensors named
+    in `stats_names` as inputs instead, in that order, for sidecar artifacts.
     """
 
     stats_names = ("memory_bank",)
@@ -130,10 +155,19 @@ class PatchCoreModel(MapScoring, nn.Module):
         super().__init__()
         self.config = config
         self.image_size = tuple(config.image_size)
-        self.feature_extractor = FeatureExtractor(config.backbone, config.resolved_layers(), self.image_size)
-        feature_dim = config.feature_dim or sum(self.feature_extractor.channels())
+        self.coarse = config.coarse_weight > 0
+        layers = config.resolved_layers()
+        self.feature_extractor = FeatureExtractor(
+            config.backbone, (*layers, config.coarse_block) if self.coarse else layers, self.image_size
+        )
+        total = self.feature_extractor.total_blocks
+        self.patch_layers = tuple(sorted({index % total for index in layers}))
+        channels = dict(zip(self.feature_extractor.layers, self.feature_extractor.channels()))
+        feature_dim = config.feature_dim or sum(channels[index] for index in self.patch_layers)
         self.register_buffer("memory_bank", torch.zeros(max(config.bank_size, 1), feature_dim))
         self.blur = GaussianBlur(config.sigma)
+        stats = ["memory_bank"]
+        self.resizable_stats = {"memory_bank": 0}
         if config.regions > 1:  # each region's rows sit at fixed offsets: a sidecar bank of another size cannot swap in
             self.resizable_stats = {}
         # Projected search (projection.py): one basis per bank, filled by fit; none when it would keep every dimension.
@@ -141,43 +175,87 @@ class PatchCoreModel(MapScoring, nn.Module):
         if self.projected:
             banks = max(1, len(config.region_rows)) if config.regions > 1 else 1
             self.register_buffer("search_basis", torch.zeros(banks, feature_dim, config.search_dim + 2))
-            self.stats_names = ("memory_bank", "search_basis")  # a refitted sidecar bank brings its own bases
+            stats.append("search_basis")  # a refitted sidecar bank brings its own bases
+        if self.coarse:  # coarse.py: the stride-32 training features and the [offset, gain] that fuses their score
+            self.coarse_layer = config.coarse_block % total
+            rows = max(config.coarse_bank_size, 1)
+            self.register_buffer("coarse_bank", torch.zeros(rows, channels[self.coarse_layer]))
+            self.register_buffer("coarse_calibration", torch.zeros(2))
+            stats += ["coarse_bank", "coarse_calibration"]
+            self.resizable_stats = {**self.resizable_stats, "coarse_bank": 0}
+        self.stats_names = tuple(stats)
 
     accepts_features = True  # forward/infer take the backbone's outputs from a wrapper that computed them (segad)
+
+    @property
+    def score_is_map_max(self) -> bool:
+        return self.config.score_share == 0 and not self.coarse
+
+    def backbone(self, image, features=None):
+        """The backbone's outputs for `feature_extractor.layers` (`features` when a wrapper computed them)."""
+        return self.feature_extractor(image) if features is None else features
 
     def embed(self, image, features=None):
         """Patch features, N×D×h×w at the finest chosen stride (from `features` when given), each averaged over its
         `neighbourhood` when that is above 1."""
-        features = self.feature_extractor(image) if features is None else features
-        return aggregate_features(features, self.config.neighbourhood)
+        chosen = zip(self.feature_extractor.layers, self.backbone(image, features))
+        return aggregate_features([f for index, f in chosen if index in self.patch_layers], self.config.neighbourhood)
 
-    def patch_scores(self, embedding, memory_bank, search=None, basis=None):
+    def patch_scores(self, embedding, memory_bank, search=None, basis=None, sizes=None):
         """Nearest-neighbour distance of every patch to the bank, N×1×h×w: with region banks, to its own region's
-        rows; in the bank's principal subspace when the model searches projected. `search(N×D×h×w, bank, basis)`
-        is the graph-exportable one unless given."""
+        rows (`sizes` rows each, the fitted `region_rows` unless given); in the bank's principal subspace when the
+        model searches projected. `search(N×D×h×w, bank, basis)` is the graph-exportable one unless given."""
         if basis is None and self.projected:
             basis = self.search_basis
-        return bank_distances(embedding, memory_bank, self.config, search or nearest_distances, basis)
+        return bank_distances(embedding, memory_bank, self.config, search or nearest_distances, basis, sizes)
 
-    def forward(self, image, memory_bank=None, search_basis=None, features=None):
-        bank = self.memory_bank if memory_bank is None else memory_bank
-        scores = self.patch_scores(self.embed(image, features), bank, basis=search_basis)
-        return self.to_map(scores)
+    def training_features(self, image):
+        """What fit collects from one backbone pass: the patch features, and beside them the coarse block's
+        (N×P×C) when the coarse score is on."""
+        features = self.backbone(image)
+        patches = self.embed(image, features)
+        return (patches, self.coarse_features(features)) if self.coarse else patches
+
+    def coarse_features(self, features):
+        """N×P×C: the coarse block's features, one row per position (coarse.py)."""
+        deep = features[self.feature_extractor.layers.index(self.coarse_layer)]
+        return deep.flatten(2).transpose(1, 2)
+
+    def forward(self, image, *stats, features=None):
+        given = dict(zip(self.stats_names, stats))
+        features = self.backbone(image, features)
+        bank = given.get("memory_bank", self.memory_bank)
+        anomaly_map, score = self.to_map(
+            self.patch_scores(self.embed(image, features), bank, basis=given.get("search_basis"))
+        )
+        if self.coarse:
+            coarse_bank = given.get("coarse_bank", self.coarse_bank)
+            distances = min_euclidean(*same_dtype(self.coarse_features(features), coarse_bank))
+            calibration = given.get("coarse_calibration", self.coarse_calibration)
+            score = fused_score(score, coarse_score(distances, self.config.coarse_share), calibration)
+        return anomaly_map, score
 
     @torch.no_grad()
     def infer(self, image, features=None):
         """Eager scoring with bounded memory (chunked search); same result as forward, for evaluation."""
-        return self.to_map(self.patch_scores(self.embed(image, features), self.memory_bank, chunked_distances))
-
-
-def bank_distances(embedding, memory_bank, config, search, bases=None):
-    """N×1×h×w distance of every patch to its nearest row of the bank, or of its own region's bank when
-    `config.regions` > 1; `search(N×D×h×w, bank, basis)` is `nearest_distances` (graph) or `chunked_distances`
-    (eager). `bases` (banks×D×(k+1), projection.py) makes each bank's search projected."""
-    if config.regions > 1:
-        return region_distances(
-            embedding, memory_bank, config.region_rows, config.regions, config.region_margin, search, bases
+        features = self.backbone(image, features)
+        anomaly_map, score = self.to_map(
+            self.patch_scores(self.embed(image, features), self.memory_bank, chunked_distances)
         )
+        if self.coarse:
+            distances = chunked_coarse_distances(self.coarse_features(features), self.coarse_bank)
+            score = fused_score(score, coarse_score(distances, self.config.coarse_share), self.coarse_calibration)
+        return anomaly_map, score
+
+
+def bank_distances(embedding, memory_bank, config, search, bases=None, sizes=None):
+    """N×1×h×w distance of every patch to its nearest row of the bank, or of its own region's bank when
+    `config.regions` > 1 (of `sizes` rows each; `config.region_rows` unless given); `search(N×D×h×w, bank, basis)`
+    is `nearest_distances` (graph) or `chunked_distances` (eager). `bases` (banks×D×(k+1), projection.py) makes
+    each bank's search projected."""
+    if config.regions > 1:
+        sizes = config.region_rows if sizes is None else sizes
+        return region_distances(embedding, memory_bank, sizes, config.regions, config.region_margin, search, bases)
     return search(embedding, memory_bank, None if bases is None else bases[0])
 
 

@@ -193,10 +193,16 @@ class SegadModel(nn.Module):
         for base in self.bases:
             if tuple(base.image_size) != self.image_size:
                 raise ConfigError(f"segad base input {base.image_size} differs from {self.image_size}: re-train")
-        # Bases on the same backbone blocks (PatchCore and PaDiM at their defaults) share one backbone pass: at
-        # 384 px that halves the graph (one Lite0 pass instead of two).
-        signatures = {(b.config.backbone, tuple(b.config.resolved_layers())) for b in self.bases}
-        self.shared_backbone = len(signatures) == 1 and all(getattr(b, "accepts_features", False) for b in self.bases)
+        # Bases on one backbone (PatchCore and PaDiM at their defaults) share one backbone pass: at 384 px that
+        # halves the graph (one Lite0 pass instead of two). The pass is that of the base tapping the most blocks
+        # (PatchCore, whose coarse score also reads block 14); each base takes its own blocks from it.
+        taps = [b.feature_extractor.layers for b in self.bases]
+        self.shared_index = max(range(len(taps)), key=lambda index: len(taps[index]))
+        self.shared_backbone = (
+            len({b.config.backbone for b in self.bases}) == 1
+            and all(set(layers) <= set(taps[self.shared_index]) for layers in taps)
+            and all(getattr(b, "accepts_features", False) for b in self.bases)
+        )
         grid = (self.image_size[0] // config.pool, self.image_size[1] // config.pool)
         self.register_buffer("segment_labels", torch.zeros(grid, dtype=torch.long))
         if config.segmentation == "kmeans":
@@ -288,8 +294,17 @@ class SegadModel(nn.Module):
         call = (lambda base, **kw: base.infer(image, **kw)) if eager else (lambda base, **kw: base(image, **kw))
         if not self.shared_backbone:
             return [call(base) for base in self.bases]
-        features = self.bases[0].feature_extractor(image) if features is None else features
-        return [call(base, features=features) for base in self.bases]
+        features = self.shared_features(image) if features is None else features
+        return [call(base, features=self.own_features(base, features)) for base in self.bases]
+
+    def shared_features(self, image):
+        """The shared backbone pass: the outputs of the widest base's feature extractor (`shared_backbone`)."""
+        return self.bases[self.shared_index].feature_extractor(image)
+
+    def own_features(self, base, features):
+        """`base`'s blocks, in its own order, out of the shared pass's `features`."""
+        shared = self.bases[self.shared_index].feature_extractor.layers
+        return [features[shared.index(layer)] for layer in base.feature_extractor.layers]
 
     def forward(self, image):
         outputs = self._run_bases(image, eager=False)
@@ -301,8 +316,8 @@ class SegadModel(nn.Module):
         if missing:
             raise ConfigError(f"segad bases {missing} have no embedding to time alone: bench them on their own")
         if self.shared_backbone:
-            shared = self.bases[0].feature_extractor(image)
-            features = [base.embed(image, shared) for base in self.bases]
+            shared = self.shared_features(image)
+            features = [base.embed(image, self.own_features(base, shared)) for base in self.bases]
         else:
             features = [base.embed(image) for base in self.bases]
         size = features[0].shape[-2:]
@@ -310,8 +325,8 @@ class SegadModel(nn.Module):
 
     @torch.no_grad()
     def base_outputs(self, image, features=None):
-        """Each base's eager (map, score), with its bounded-memory scoring; `features`: the first base's backbone
-        outputs for this image when the caller has them already (used only when the backbone is shared)."""
+        """Each base's eager (map, score), with its bounded-memory scoring; `features`: `shared_features(image)`
+        when the caller has them already (used only when the backbone is shared)."""
         return self._run_bases(image, eager=True, features=features)
 
     @torch.no_grad()

@@ -1,0 +1,169 @@
+"""PatchCore's coarse image score (models/patchcore/coarse.py): the stride-32 score beside the map, its
+leave-one-image-out calibration, export and update."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the coarse score's tests fit models: needs the [train] extra")
+
+from edgeiad.errors import ConfigError  # noqa: E402
+from edgeiad.models import get_model  # noqa: E402
+from edgeiad.runs import load_model  # noqa: E402
+
+from .conftest import SYNTH_SIZE, model_overrides  # noqa: E402
+
+EXACT = "donot_use_mm_for_euclid_dist"  # cdist's direct differences: an own row is at distance 0 exactly
+
+
+def _brute_coarse(model, image):
+    """The coarse score by hand: block -2's features, each one's distance to its nearest coarse-bank row (cdist),
+    the mean of the top share."""
+    features = model.feature_extractor(image)
+    deep = features[model.feature_extractor.layers.index(model.feature_extractor.total_blocks - 2)]
+    rows = deep.flatten(2).transpose(1, 2).double()
+    bank = model.coarse_bank.double().unsqueeze(0).expand(len(rows), -1, -1)
+    distances = torch.cdist(rows, bank, compute_mode=EXACT)
+    nearest = distances.min(dim=2).values
+    count = int(np.ceil(model.config.coarse_share * nearest.shape[1]))
+    return nearest.sort(dim=1).values[:, -count:].mean(dim=1)
+
+
+def test_image_score_adds_the_calibrated_coarse_score_and_the_map_does_not_change(trained_runs):
+    _record, model = load_model(trained_runs["patchcore"])
+    config = model.config
+    assert model.coarse and config.coarse_weight == 0.5 and model.coarse_layer == 14  # Lite0's block -2
+    # 12 training images × 2 × 2 positions at 64 px: fewer than coarse_rows, so every row is kept
+    assert model.coarse_bank.shape == (12 * 4, 192) == (config.coarse_bank_size, 192)
+    offset, gain = model.coarse_calibration.tolist()
+    assert offset > 0 and gain > 0
+    plain_config = get_model("patchcore").config_cls().from_dict({**config.to_dict(), "coarse_weight": 0.0})
+    plain = get_model("patchcore").model_cls()(plain_config).eval()
+    plain.memory_bank.copy_(model.memory_bank)
+    plain.search_basis.copy_(model.search_basis)
+    assert plain.stats_names == ("memory_bank", "search_basis") and not hasattr(plain, "coarse_bank")
+    image = torch.randn(3, 3, SYNTH_SIZE, SYNTH_SIZE, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        plain_map, plain_score = plain.infer(image)
+        expected = plain_score.double() + gain * (_brute_coarse(model, image) - offset)
+        for anomaly_map, score in (model.infer(image), model(image)):
+            torch.testing.assert_close(anomaly_map, plain_map, rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(score.double(), expected, rtol=1e-5, atol=1e-4)
+        assert not torch.allclose(model.infer(image)[1], plain_score)
+
+
+def test_calibration_leaves_each_training_image_out_of_both_banks(synthetic_mvtec):
+    """Offset = median of the held-out coarse scores, gain = w · IQR(held-out map scores) / IQR(coarse ones), each
+    training image scored by hand against the banks without the rows it gave them (one exact bank here)."""
+    from edgeiad.data import iter_batches, load_dataset
+    from edgeiad.models.patchcore.fit import fit_patchcore
+
+    config = get_model("patchcore").make_config(
+        **model_overrides("patchcore"), regions=1, search_dim=0, coarse_weight=0.8
+    )
+    train = load_dataset(synthetic_mvtec).train
+    model, info = fit_patchcore(config, iter_batches(train, config.preprocessing()))
+    assert info["coarse_held_out_images"] == len(train) == 12 and "coarse_note" not in info
+    images = torch.cat([torch.from_numpy(a) for a, _ in iter_batches(train, config.preprocessing())])
+    bank = model.memory_bank.double()
+    main, deep = [], []
+    with torch.no_grad():
+        embeddings = model.embed(images)
+        for index in range(len(train)):
+            patches = embeddings[index].flatten(1).T.double()
+            own = (torch.cdist(bank, patches, compute_mode=EXACT) == 0).any(
+                dim=1
+            )  # the coreset copied these rows from this image
+            nearest = torch.cdist(patches, bank[~own], compute_mode=EXACT).min(dim=1).values.float()
+            grid = nearest.reshape(1, 1, *embeddings.shape[-2:])
+            main.append(float(model.to_map(grid)[1][0]))
+            coarse_rows = model.coarse_bank[torch.arange(len(train)).repeat_interleave(4) != index].double()
+            rows = model.coarse_features(model.feature_extractor(images[index : index + 1]))[0].double()
+            distances = torch.cdist(rows, coarse_rows, compute_mode=EXACT).min(dim=1).values
+            deep.append(float(distances.sort().values[-1:].mean()))  # 20 % of 4 positions: the top one
+    from edgeiad.models.patchcore.coarse import bank_owners, held_out_scores
+    from edgeiad.models.patchcore.torch_model import chunked_distances
+
+    coarse = model.coarse_features(model.feature_extractor(images))
+    owners = bank_owners(model.memory_bank, embeddings)
+    assert (owners >= 0).all() and len(set(owners.tolist())) == 12  # 768 patches < min_bank: every one is a row
+    fitted_main, fitted_deep = held_out_scores(
+        model, embeddings, coarse, owners, torch.arange(12).repeat_interleave(4), chunked_distances
+    )
+    # The search's |q|² + |b|² − 2 q·b form loses float32 digits at small distances: close, not equal.
+    np.testing.assert_allclose(fitted_main, main, rtol=2e-3)
+    np.testing.assert_allclose(fitted_deep, deep, rtol=2e-3)
+    assert min(main) > 0.1 * float(np.median(main))  # with its own rows in the bank, an image would score ~0
+
+    def iqr(values):
+        low, high = np.percentile(values, [25, 75])
+        return high - low
+
+    offset, gain = model.coarse_calibration.tolist()  # fit's backbone ran in other batches: float noise
+    assert offset == pytest.approx(float(np.median(fitted_deep)), rel=1e-4)
+    assert gain == pytest.approx(0.8 * iqr(fitted_main) / iqr(fitted_deep), rel=1e-3)
+    assert info["coarse_calibration"] == pytest.approx([offset, gain])
+
+
+def test_calibration_needs_two_images_with_spread():
+    from edgeiad.models.patchcore.coarse import calibration_from
+
+    assert calibration_from(np.array([1.0]), np.array([2.0]), 0.5) == ([0.0, 0.0], pytest.approx(
+        "coarse score off: it needs at least two good training images to calibrate"))  # fmt: skip
+    calibration, note = calibration_from(np.ones(5), np.arange(5.0), 0.5)
+    assert calibration == [0.0, 0.0] and "no spread" in note
+    calibration, note = calibration_from(np.array([1.0, 3.0]), np.array([10.0, 14.0]), 0.5)  # quartiles of two
+    assert note == "" and calibration == [12.0, pytest.approx(0.5 * 1.0 / 2.0)]
+
+
+def test_config_defaults_checks_and_legacy_runs():
+    spec = get_model("patchcore")
+    config = spec.make_config()
+    assert (config.coarse_weight, config.coarse_share, config.coarse_block, config.coarse_rows) == (0.5, 0.2, -2, 2048)
+    legacy = spec.config_cls().from_dict({"model": "patchcore", "image_size": [64, 64]})
+    assert legacy.coarse_weight == 0.0  # runs fitted before the coarse score reload without it
+    model = spec.model_cls()(legacy)
+    assert not model.coarse and "coarse_bank" not in model.stats_names
+    assert model.feature_extractor.layers == (4, 10)  # no deeper blocks than the map needs
+    for key, bad in (("coarse_weight", -0.1), ("coarse_weight", True), ("coarse_share", 0.0), ("coarse_share", 1.5),
+                     ("coarse_rows", 0), ("coarse_rows", 2.0), ("coarse_block", "14")):  # fmt: skip
+        with pytest.raises(ConfigError, match=key):
+            spec.make_config(**{key: bad})
+    with pytest.raises(ConfigError, match=r"has blocks 0\.\.15 \(or -16\.\.-1"):
+        spec.model_cls()(spec.make_config(image_size=(64, 64), coarse_block=-17))
+
+
+def test_sidecar_export_carries_the_coarse_bank_and_matches_baked(trained_runs, tmp_path):
+    from edgeiad_runtime import Detector
+    from edgeiad_runtime.safetensors_io import load_file
+
+    from edgeiad.export import export_run
+
+    run = trained_runs["patchcore"]
+    baked = export_run(run, "onnx", "fp32", "baked", "dynamic", out=tmp_path / "b")
+    sidecar = export_run(run, "onnx", "fp32", "sidecar", "dynamic", out=tmp_path / "s")
+    stats = load_file(sidecar / "stats.safetensors")
+    assert {"coarse_bank", "coarse_calibration"} <= set(stats) and stats["coarse_bank"].shape == (48, 192)
+    frames = [np.random.default_rng(i).integers(0, 255, (SYNTH_SIZE, SYNTH_SIZE, 3), dtype=np.uint8) for i in range(3)]
+    with Detector.load(baked, threads=1) as one, Detector.load(sidecar, threads=1) as two:
+        for frame in frames:
+            assert one.predict(frame).raw_score == pytest.approx(two.predict(frame).raw_score, rel=1e-5)
+
+
+def test_update_adds_coarse_rows_and_keeps_the_calibration(synthetic_mvtec):
+    from edgeiad.data import iter_batches, load_dataset
+    from edgeiad.models.patchcore.fit import fit_patchcore, update_patchcore
+
+    config = get_model("patchcore").make_config(**model_overrides("patchcore"), coarse_rows=30)
+    train = load_dataset(synthetic_mvtec).train
+    model, info = fit_patchcore(config, iter_batches(train[:8], config.preprocessing()))
+    assert model.coarse_bank.shape[0] == 30 == info["coarse_bank_size"]  # 32 rows, coreset to 30
+    calibration = model.coarse_calibration.clone()
+    new_rows = model.coarse_features(model.feature_extractor(torch.cat(
+        [torch.from_numpy(a) for a, _ in iter_batches(train[8:], config.preprocessing())])))  # fmt: skip
+    updated, _info = update_patchcore(config, model, model.running, iter_batches(train[8:], config.preprocessing()))
+    assert updated.coarse_bank.shape[0] == 30 and torch.equal(updated.coarse_calibration, calibration)
+    # the greedy coreset keeps some of the new images' rows: the bank now covers them
+    kept = {tuple(row.tolist()) for row in updated.coarse_bank}
+    assert any(tuple(row.tolist()) in kept for row in new_rows.reshape(-1, 192))
