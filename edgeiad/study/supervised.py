@@ -188,7 +188,7 @@ def _score(model, batches) -> Scored:
             # The classifier's input: the first base's patch blocks, from the same backbone pass when it is shared.
             first = model.bases[0]
             features = first.feature_extractor(batch) if shared is None else model.own_features(first, shared)
-            patch_blocks = set(first.config.resolved_layers())
+            patch_blocks = set(getattr(first, "patch_layers", first.feature_extractor.layers))  # not PatchCore's coarse
             features = [f for f, block in zip(features, first.feature_extractor.layers) if block in patch_blocks]
             maps = torch.cat([m for m, _ in outputs], dim=1)
             scored.pooled.append(torch.nn.functional.avg_pool2d(maps, model.config.pool))
