@@ -79,7 +79,7 @@ def test_calibration_leaves_each_training_image_out_of_both_banks(synthetic_mvte
             grid = nearest.reshape(1, 1, *embeddings.shape[-2:])
             main.append(float(model.to_map(grid)[1][0]))
             coarse_rows = model.coarse_bank[torch.arange(len(train)).repeat_interleave(4) != index].double()
-            rows = model.coarse_features(model.feature_extractor(images[index : index + 1]))[0].double()
+            rows = model.coarse_features(model.feature_extractor(images[index : index + 1]))[0].flatten(1).T.double()
             distances = torch.cdist(rows, coarse_rows, compute_mode=EXACT).min(dim=1).values
             deep.append(float(distances.sort().values[-1:].mean()))  # 20 % of 4 positions: the top one
     from edgeiad.models.patchcore.coarse import bank_owners, held_out_scores
@@ -166,4 +166,4 @@ def test_update_adds_coarse_rows_and_keeps_the_calibration(synthetic_mvtec):
     assert updated.coarse_bank.shape[0] == 30 and torch.equal(updated.coarse_calibration, calibration)
     # the greedy coreset keeps some of the new images' rows: the bank now covers them
     kept = {tuple(row.tolist()) for row in updated.coarse_bank}
-    assert any(tuple(row.tolist()) in kept for row in new_rows.reshape(-1, 192))
+    assert any(tuple(row.tolist()) in kept for row in new_rows.flatten(2).transpose(1, 2).reshape(-1, 192))

@@ -25,20 +25,16 @@ import math
 import numpy as np
 
 from ...errors import require_torch
-from .._ops import chunked_min_euclidean
 
 torch = require_torch()
 
 
-def same_dtype(queries, bank):
-    """(queries, bank) with the bank cast to the queries' dtype (an fp16-stored bank is cast back in the graph)."""
-    return queries, bank.to(queries.dtype)
-
-
 def coarse_score(distances, share: float):
-    """N scores from N×P coarse distances: the mean of the top `share` of each image's positions."""
-    count = max(1, math.ceil(share * distances.shape[1]))
-    return torch.topk(distances, count, dim=1).values.mean(dim=1)
+    """N scores from N×1×h×w coarse distances (PatchCore's own searches, `nearest_distances` in the graph and
+    `chunked_distances` eagerly): the mean of the top `share` of each image's positions."""
+    flat = distances.flatten(1)
+    count = max(1, math.ceil(share * flat.shape[1]))
+    return torch.topk(flat, count, dim=1).values.mean(dim=1)
 
 
 def fused_score(score, coarse, calibration):
@@ -48,22 +44,15 @@ def fused_score(score, coarse, calibration):
 
 
 @torch.no_grad()
-def chunked_coarse_distances(queries, bank):
-    """N×P nearest-row distances of N×P×C coarse features, with bounded memory (eager scoring)."""
-    batch, positions, channels = queries.shape
-    distances, _ = chunked_min_euclidean(queries.reshape(-1, channels), bank.to(queries.dtype))
-    return distances.reshape(batch, positions)
-
-
-@torch.no_grad()
 def select_coarse_bank(features, config, previous=None):
-    """The coarse bank from N×P×C training features: every row when they are at most `coarse_rows`, else their
+    """The coarse bank from N×C×h×w training features: every row when they are at most `coarse_rows`, else their
     greedy coreset of that size. Returns (bank, owner image of each row; -1 for rows of `previous`), and sets
     `config.coarse_bank_size`. `previous` (the current bank) joins the candidates, for `edgeiad update`."""
     from .coreset import greedy_coreset
 
-    count, positions, channels = features.shape
-    rows = features.reshape(-1, channels)
+    count, channels = features.shape[:2]
+    rows = features.flatten(2).transpose(1, 2).reshape(-1, channels)
+    positions = rows.shape[0] // count
     owners = torch.arange(count).repeat_interleave(positions)
     if previous is not None:
         rows = torch.cat([previous.float(), rows])
@@ -93,7 +82,7 @@ def bank_owners(bank, embeddings):
 @torch.no_grad()
 def held_out_scores(model, embeddings, coarse, owners, coarse_owners, search):
     """(map scores, coarse scores) of the good training images, each against banks without its own rows, for the
-    images where every region bank keeps rows without them; `search` is the eager region search."""
+    images where every region bank keeps rows without them; `search` is the eager search (`chunked_distances`)."""
     config = model.config
     sizes = list(config.region_rows) if config.regions > 1 else [int(model.memory_bank.shape[0])]
     region_of_row = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
@@ -106,7 +95,7 @@ def held_out_scores(model, embeddings, coarse, owners, coarse_owners, search):
             continue
         scores = model.patch_scores(embeddings[image : image + 1], model.memory_bank[kept], search, sizes=kept_sizes)
         main.append(float(model.to_map(scores)[1][0]))
-        distances = chunked_coarse_distances(coarse[image : image + 1], model.coarse_bank[coarse_kept])
+        distances = search(coarse[image : image + 1], model.coarse_bank[coarse_kept])
         deep.append(float(coarse_score(distances, config.coarse_share)[0]))
     return np.asarray(main), np.asarray(deep)
 

@@ -9,7 +9,7 @@ from .._ops import GaussianBlur, MapScoring, aggregate_features, min_euclidean
 from .._robust import check_fraction
 from ..backbones import FeatureExtractor
 from ..config import FeatureBankConfig
-from .coarse import chunked_coarse_distances, coarse_score, fused_score, same_dtype
+from .coarse import coarse_score, fused_score
 from .projection import check_search_dim, project
 from .regions import region_distances
 
@@ -214,15 +214,14 @@ class PatchCoreModel(MapScoring, nn.Module):
 
     def training_features(self, image):
         """What fit collects from one backbone pass: the patch features, and beside them the coarse block's
-        (N×P×C) when the coarse score is on."""
+        (N×C×h×w) when the coarse score is on."""
         features = self.backbone(image)
         patches = self.embed(image, features)
         return (patches, self.coarse_features(features)) if self.coarse else patches
 
     def coarse_features(self, features):
-        """N×P×C: the coarse block's features, one row per position (coarse.py)."""
-        deep = features[self.feature_extractor.layers.index(self.coarse_layer)]
-        return deep.flatten(2).transpose(1, 2)
+        """N×C×h×w: the coarse block's features, searched as the patches are (coarse.py)."""
+        return features[self.feature_extractor.layers.index(self.coarse_layer)]
 
     def forward(self, image, *stats, features=None):
         given = dict(zip(self.stats_names, stats))
@@ -233,7 +232,7 @@ class PatchCoreModel(MapScoring, nn.Module):
         )
         if self.coarse:
             coarse_bank = given.get("coarse_bank", self.coarse_bank)
-            distances = min_euclidean(*same_dtype(self.coarse_features(features), coarse_bank))
+            distances = nearest_distances(self.coarse_features(features), coarse_bank)
             calibration = given.get("coarse_calibration", self.coarse_calibration)
             score = fused_score(score, coarse_score(distances, self.config.coarse_share), calibration)
         return anomaly_map, score
@@ -246,7 +245,7 @@ class PatchCoreModel(MapScoring, nn.Module):
             self.patch_scores(self.embed(image, features), self.memory_bank, chunked_distances)
         )
         if self.coarse:
-            distances = chunked_coarse_distances(self.coarse_features(features), self.coarse_bank)
+            distances = chunked_distances(self.coarse_features(features), self.coarse_bank)
             score = fused_score(score, coarse_score(distances, self.config.coarse_share), self.coarse_calibration)
         return anomaly_map, score
 
