@@ -55,18 +55,17 @@ def export_onnx(model, path: Path, batch: dict, stats_mode: str, stats_dtype: st
     # The dynamo exporter prints progress lines and torchvision notices: kept off the CLI unless --debug.
     with warnings.catch_warnings(), silenced():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
+        program = torch.onnx.export(
             model.eval(),
             args,
-            str(path),
-            input_names=input_names,
             output_names=OUTPUT_NAMES,
             opset_version=OPSET,
             dynamo=True,
             dynamic_shapes=dynamic,
-            external_data=big,
             verbose=False,
         )
+        name_inputs(program.model, input_names)
+        program.save(str(path), external_data=big)
     onnx.checker.check_model(str(path))
     graph = onnx.load(str(path), load_external_data=False).graph
     return {
@@ -77,6 +76,27 @@ def export_onnx(model, path: Path, batch: dict, stats_mode: str, stats_dtype: st
         "backbone_nodes": backbone_node_names(graph),
         "int8_nodes": backbone_node_names(graph, int8_fp32_scopes(model)),
     }
+
+
+def name_inputs(model, names: list[str]) -> None:
+    """Give the graph's inputs `names` (an onnx_ir model), first renaming any node output that already holds one of
+    them. torch's own renaming does not: `forward(image, *stats)` exports its inputs as stats_0, stats_1 ..., so a
+    ReduceMean's output may be called `mean`, and the ensemble's `mean` input would then be defined twice."""
+    from onnx_ir import traversal
+
+    inputs = list(model.graph.inputs)
+    wanted = set(names)
+    outputs = [value for node in traversal.RecursiveGraphIterator(model.graph) for value in node.outputs]
+    taken = {value.name for value in (*inputs, *outputs)} | wanted | set(model.graph.initializers)
+    for value in outputs:
+        if value.name in wanted:
+            count = 1
+            while f"{value.name}_{count}" in taken:
+                count += 1
+            value.name = f"{value.name}_{count}"
+            taken.add(value.name)
+    for value, name in zip(inputs, names, strict=True):
+        value.name = name
 
 
 def _takes_stats_as_varargs(model) -> bool:
