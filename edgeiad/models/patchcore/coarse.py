@@ -80,9 +80,10 @@ def bank_owners(bank, embeddings):
 
 
 @torch.no_grad()
-def held_out_scores(model, embeddings, coarse, owners, coarse_owners, search):
+def held_out_scores(model, embeddings, coarse, owners, coarse_owners, search, progress=None):
     """(map scores, coarse scores) of the good training images, each against banks without its own rows, for the
-    images where every region bank keeps rows without them; `search` is the eager search (`chunked_distances`)."""
+    images where every region bank keeps rows without them; `search` is the eager search (`chunked_distances`).
+    `progress(done, total, step)` is told of each image (a fit's progress bar)."""
     config = model.config
     sizes = list(config.region_rows) if config.regions > 1 else [int(model.memory_bank.shape[0])]
     region_of_row = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
@@ -97,6 +98,8 @@ def held_out_scores(model, embeddings, coarse, owners, coarse_owners, search):
         main.append(float(model.to_map(scores)[1][0]))
         distances = search(coarse[image : image + 1], model.coarse_bank[coarse_kept])
         deep.append(float(coarse_score(distances, config.coarse_share)[0]))
+        if progress is not None:
+            progress(image + 1, embeddings.shape[0], "calibrating the coarse image score")
     return np.asarray(main), np.asarray(deep)
 
 

@@ -53,18 +53,18 @@ def fit_patchcore(config: PatchCoreConfig, batches: Iterable, device: str = "cpu
     info = {"n_patches": n_patches, "bank_size": config.bank_size, **denoised}
     if coarse is not None:
         with watch.time("coarse_calibration_s"):
-            info.update(calibrate_coarse(model, embeddings, coarse, coarse_owners))
+            info.update(calibrate_coarse(model, embeddings, coarse, coarse_owners, progress))
     info.update(watch.timings)
     if config.regions > 1:
         info["region_rows"] = list(config.region_rows)
     return model, info
 
 
-def calibrate_coarse(model: PatchCoreModel, embeddings, coarse, coarse_owners) -> dict:
+def calibrate_coarse(model: PatchCoreModel, embeddings, coarse, coarse_owners, progress=None) -> dict:
     """Set the fused score's [offset, gain] (coarse.py) from the training images, each scored against the banks
     without its own rows; return what the fit report says of it."""
     owners = bank_owners(model.memory_bank, embeddings)
-    main, deep = held_out_scores(model, embeddings, coarse, owners, coarse_owners, chunked_distances)
+    main, deep = held_out_scores(model, embeddings, coarse, owners, coarse_owners, chunked_distances, progress)
     calibration, note = calibration_from(main, deep, model.config.coarse_weight)
     model.coarse_calibration.copy_(torch.tensor(calibration))
     info = {"coarse_bank_size": model.config.coarse_bank_size, "coarse_calibration": calibration}
