@@ -3,6 +3,8 @@ leave-one-image-out calibration, export and update."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -63,8 +65,12 @@ def test_calibration_leaves_each_training_image_out_of_both_banks(synthetic_mvte
         **model_overrides("patchcore"), regions=1, search_dim=0, coarse_weight=0.8
     )
     train = load_dataset(synthetic_mvtec).train
-    model, info = fit_patchcore(config, iter_batches(train, config.preprocessing()))
+    calls = []
+    progress = lambda done, total, step=None: calls.append((done, total, step))  # noqa: E731
+    model, info = fit_patchcore(config, iter_batches(train, config.preprocessing()), progress=progress)
     assert info["coarse_held_out_images"] == len(train) == 12 and "coarse_note" not in info
+    step = "calibrating the coarse image score"  # the fit's progress bar shows the calibration, image by image
+    assert [call for call in calls if call[2] == step] == [(done, 12, step) for done in range(1, 13)]
     images = torch.cat([torch.from_numpy(a) for a, _ in iter_batches(train, config.preprocessing())])
     bank = model.memory_bank.double()
     main, deep = [], []
@@ -134,21 +140,35 @@ def test_config_defaults_checks_and_legacy_runs():
         spec.model_cls()(spec.make_config(image_size=(64, 64), coarse_block=-17))
 
 
-def test_sidecar_export_carries_the_coarse_bank_and_matches_baked(trained_runs, tmp_path):
+@pytest.mark.parametrize("name", ["patchcore", "ensemble"])
+def test_sidecar_export_carries_the_coarse_bank_and_matches_baked(name, trained_runs, synthetic_mvtec, tmp_path):
     from edgeiad_runtime import Detector
+    from edgeiad_runtime.preprocess import preprocess
     from edgeiad_runtime.safetensors_io import load_file
 
+    from edgeiad.engine import train
     from edgeiad.export import export_run
 
     run = trained_runs["patchcore"]
+    if name == "ensemble":  # a quarter held out: three images calibrate the coarse score (trained_runs' one does not)
+        overrides = {**model_overrides("ensemble"), "calibration_share": 0.25}
+        run = train("ensemble", synthetic_mvtec, out=tmp_path / "run", overrides=overrides, progress=False)
+    _record, model = load_model(run)
+    assert model.coarse_calibration[1] > 0
     baked = export_run(run, "onnx", "fp32", "baked", "dynamic", out=tmp_path / "b")
     sidecar = export_run(run, "onnx", "fp32", "sidecar", "dynamic", out=tmp_path / "s")
     stats = load_file(sidecar / "stats.safetensors")
-    assert {"coarse_bank", "coarse_calibration"} <= set(stats) and stats["coarse_bank"].shape == (48, 192)
+    rows = 48 if name == "patchcore" else 36  # 12 (or the ensemble's 9 fitting) images × 2 × 2 positions
+    assert {"coarse_bank", "coarse_calibration"} <= set(stats) and stats["coarse_bank"].shape == (rows, 192)
     frames = [np.random.default_rng(i).integers(0, 255, (SYNTH_SIZE, SYNTH_SIZE, 3), dtype=np.uint8) for i in range(3)]
     with Detector.load(baked, threads=1) as one, Detector.load(sidecar, threads=1) as two:
         for frame in frames:
             assert one.predict(frame).raw_score == pytest.approx(two.predict(frame).raw_score, rel=1e-5)
+    with torch.no_grad(), Detector.load(sidecar, threads=1) as detector:
+        for frame in frames:  # and the graph's score is the eager model's, coarse part included
+            image = torch.from_numpy(preprocess(frame, model.config.preprocessing())[None])
+            score = detector.predict(frame, color_order="RGB").raw_score
+            assert score == pytest.approx(float(model.infer(image)[1][0]), rel=1e-4)
 
 
 def test_update_adds_coarse_rows_and_keeps_the_calibration(synthetic_mvtec):
@@ -167,3 +187,55 @@ def test_update_adds_coarse_rows_and_keeps_the_calibration(synthetic_mvtec):
     # the greedy coreset keeps some of the new images' rows: the bank now covers them
     kept = {tuple(row.tolist()) for row in updated.coarse_bank}
     assert any(tuple(row.tolist()) in kept for row in new_rows.flatten(2).transpose(1, 2).reshape(-1, 192))
+
+
+def test_the_ensemble_adds_the_coarse_score_calibrated_on_its_held_out_images(synthetic_mvtec):
+    """The ensemble's image score = its map score + gain · (coarse − offset), offset and gain from the held-out good
+    images by hand; the map and the members' calibration are those of the same ensemble without the coarse score."""
+    from edgeiad.data import iter_batches, load_dataset
+    from edgeiad.models.ensemble.fit import _held_out, fit_ensemble
+
+    spec = get_model("ensemble")
+    overrides = {**model_overrides("ensemble"), "calibration_share": 0.25}
+    train = load_dataset(synthetic_mvtec).train
+    config = spec.make_config(**overrides)
+    model, info = fit_ensemble(config, iter_batches(train, config.preprocessing()))
+    plain, _info = fit_ensemble(
+        spec.make_config(**overrides, coarse_weight=0.0), iter_batches(train, config.preprocessing())
+    )
+    assert model.coarse and not plain.coarse and "coarse_bank" not in plain.stats_names
+    assert model.stats_names[-2:] == ("coarse_bank", "coarse_calibration")
+    assert model.feature_extractor.layers == (4, 10, 14) and plain.feature_extractor.layers == (4, 10)
+    torch.testing.assert_close(model.calibration, plain.calibration)  # the members are unchanged
+    assert torch.equal(model.memory_bank, plain.memory_bank) and torch.equal(model.mean, plain.mean)
+    held = _held_out(len(train), 0.25)
+    assert info["n_fit"] == 9 and model.coarse_bank.shape == (9 * 4, 192) == (info["coarse_bank_size"], 192)
+    held_images = torch.cat(
+        [torch.from_numpy(a) for a, _ in iter_batches([train[i] for i in held.tolist()], plain.config.preprocessing())]
+    )
+    with torch.no_grad():
+        main = plain.infer(held_images)[1].double().numpy()
+        deep = _brute_coarse(model, held_images).numpy()
+    low, high = np.percentile(main, [25, 75])
+    low_deep, high_deep = np.percentile(deep, [25, 75])
+    offset, gain = model.coarse_calibration.tolist()
+    assert offset == pytest.approx(float(np.median(deep)), rel=1e-4)
+    assert gain == pytest.approx(0.5 * (high - low) / (high_deep - low_deep), rel=1e-3) and gain > 0
+    assert info["coarse_calibration"] == pytest.approx([offset, gain]) and "coarse_note" not in info
+    image = torch.randn(3, 3, SYNTH_SIZE, SYNTH_SIZE, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        plain_map, plain_score = plain.infer(image)
+        expected = plain_score.double() + gain * (_brute_coarse(model, image) - offset)
+        for anomaly_map, score in (model.infer(image), model(image)):
+            torch.testing.assert_close(anomaly_map, plain_map, rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(score.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_the_ensemble_without_two_held_out_images_leaves_the_coarse_score_out(trained_runs):
+    """12 training images, 10 % held out: one image cannot measure a spread, so the fit says so and adds nothing."""
+    _record, model = load_model(trained_runs["ensemble"])
+    assert model.coarse and model.coarse_calibration.tolist() == [0.0, 0.0]
+    fit = json.loads((trained_runs["ensemble"] / "config.json").read_text())["fit"]
+    assert fit["n_calibration"] == 1 and fit["coarse_note"].startswith("coarse score off: it needs at least two")
+    legacy = get_model("ensemble").config_cls().from_dict({"model": "ensemble", "image_size": [64, 64]})
+    assert legacy.coarse_weight == 0.0 and not get_model("ensemble").model_cls()(legacy).coarse

@@ -209,6 +209,8 @@ def test_the_ensembles_patchcore_half_searches_projected(synthetic_mvtec, tmp_pa
         "inv_covariance",
         "calibration",
         "search_basis",
+        "coarse_bank",
+        "coarse_calibration",
     }
     baked = export_run(run, "onnx", "fp32", "baked", "1", out=tmp_path / "baked")
     frame = np.random.default_rng(1).integers(0, 255, (*model.image_size, 3), dtype=np.uint8)

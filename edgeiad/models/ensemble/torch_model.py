@@ -9,9 +9,11 @@ from .._ops import GaussianBlur, MapScoring, aggregate_features
 from ..backbones import FeatureExtractor
 from ..config import FeatureBankConfig
 from ..padim.torch_model import check_n_features, mahalanobis_distances, random_channels
+from ..patchcore.coarse import coarse_score, fused_score
 from ..patchcore.projection import check_search_dim
 from ..patchcore.torch_model import (
     bank_distances,
+    check_coarse,
     check_coreset_ratio,
     check_neighbourhood,
     check_regions,
@@ -42,9 +44,17 @@ class EnsembleConfig(FeatureBankConfig):
     calibration_share: float = 0.1  # good training images kept out of both fits to measure their score scales
     # Calibrated score = (raw - its median on held-out good patches) / (its q-quantile - that median).
     calibration_quantile: float = 0.995
+    # PatchCore's coarse image score (patchcore/coarse.py), added to the ensemble's map score; its [offset, gain]
+    # is measured on the held-out good images above, not leave-one-out. 0 = off. Exported, on the six
+    # development sets, image AUROC off → on: see docs/quality-study.md, "Ensemble: the stride-32 image score".
+    coarse_weight: float = 0.5
+    coarse_share: float = 0.2
+    coarse_block: int = -2
+    coarse_rows: int = 2048
+    coarse_bank_size: int = 0
 
-    # Runs fitted before these fields existed used the 3x3 averaging, one bank and the exact search.
-    LEGACY = {**FeatureBankConfig.LEGACY, "neighbourhood": 3, "regions": 1, "search_dim": 0}
+    # Runs fitted before these fields existed used the 3x3 averaging, one bank, the exact search and no coarse score.
+    LEGACY = {**FeatureBankConfig.LEGACY, "neighbourhood": 3, "regions": 1, "search_dim": 0, "coarse_weight": 0.0}
 
     def validate(self) -> None:
         super().validate()
@@ -53,6 +63,7 @@ class EnsembleConfig(FeatureBankConfig):
         check_regions(self.regions, self.region_margin, self.region_rows, self.bank_size)
         check_search_dim(self.search_dim)
         check_n_features(self.n_features)
+        check_coarse(self)
         if not 0.0 < self.calibration_share < 1.0 or not 0.5 < self.calibration_quantile < 1.0:
             raise ConfigError("calibration_share must be in (0, 1), calibration_quantile in (0.5, 1): e.g. 0.1, 0.995")
 
@@ -61,7 +72,9 @@ class EnsembleModel(MapScoring, nn.Module):
     """image → anomaly_map, pred_score: the mean of PatchCore's and PaDiM's calibrated patch scores.
 
     `calibration` (2×2: per member, the held-out good patches' median and quantile − median) puts a kNN distance
-    and a Mahalanobis distance on one scale, so neither member dominates the mean by its units alone.
+    and a Mahalanobis distance on one scale, so neither member dominates the mean by its units alone. The image
+    score adds PatchCore's coarse score when `coarse_weight` > 0. `forward(image, *stats)` takes the tensors named
+    in `stats_names` as inputs, in that order, for sidecar artifacts.
     """
 
     stats_names = ("memory_bank", "mean", "inv_covariance", "calibration")
@@ -71,8 +84,15 @@ class EnsembleModel(MapScoring, nn.Module):
         super().__init__()
         self.config = config
         self.image_size = tuple(config.image_size)
-        self.feature_extractor = FeatureExtractor(config.backbone, config.resolved_layers(), self.image_size)
-        total = sum(self.feature_extractor.channels())
+        self.coarse = config.coarse_weight > 0
+        layers = config.resolved_layers()
+        self.feature_extractor = FeatureExtractor(
+            config.backbone, (*layers, config.coarse_block) if self.coarse else layers, self.image_size
+        )
+        blocks = self.feature_extractor.total_blocks
+        self.patch_layers = tuple(sorted({index % blocks for index in layers}))
+        channels = dict(zip(self.feature_extractor.layers, self.feature_extractor.channels()))
+        total = sum(channels[index] for index in self.patch_layers)
         if config.n_features > total:
             raise ConfigError(
                 f"n_features {config.n_features} exceeds the {total} channels of {config.backbone}: use at most {total}"
@@ -93,13 +113,32 @@ class EnsembleModel(MapScoring, nn.Module):
             banks = max(1, len(config.region_rows)) if config.regions > 1 else 1
             self.register_buffer("search_basis", torch.zeros(banks, feature_dim, config.search_dim + 2))
             self.stats_names = (*self.stats_names, "search_basis")
+        if self.coarse:  # PatchCore's coarse score: the coarse block's training features and [offset, gain]
+            self.coarse_layer = config.coarse_block % blocks
+            rows = max(config.coarse_bank_size, 1)
+            self.register_buffer("coarse_bank", torch.zeros(rows, channels[self.coarse_layer]))
+            self.register_buffer("coarse_calibration", torch.zeros(2))
+            self.stats_names = (*self.stats_names, "coarse_bank", "coarse_calibration")
+            self.resizable_stats = {**self.resizable_stats, "coarse_bank": 0}
 
-    def embed(self, image):
-        """(PatchCore's patch features, PaDiM's channel subset), both at stride 8, from one backbone pass."""
-        features = self.feature_extractor(image)
-        local = aggregate_features(features, self.config.neighbourhood)
-        plain = aggregate_features(features, mode="nearest").index_select(1, self.channel_index)
+    def embed(self, image, features=None):
+        """(PatchCore's patch features, PaDiM's channel subset), both at stride 8, from one backbone pass (or from
+        its outputs, `features`)."""
+        features = self.feature_extractor(image) if features is None else features
+        chosen = [f for index, f in zip(self.feature_extractor.layers, features) if index in self.patch_layers]
+        local = aggregate_features(chosen, self.config.neighbourhood)
+        plain = aggregate_features(chosen, mode="nearest").index_select(1, self.channel_index)
         return local, plain
+
+    def training_features(self, image):
+        """What fit collects from one backbone pass: (patch features, PaDiM's channels), and the coarse block's
+        N×C×h×w features when the coarse score is on."""
+        features = self.feature_extractor(image)
+        local, plain = self.embed(image, features)
+        return (local, plain, self.coarse_features(features)) if self.coarse else (local, plain)
+
+    def coarse_features(self, features):
+        return features[self.feature_extractor.layers.index(self.coarse_layer)]
 
     def combine(self, nearest, mahalanobis, calibration):
         """Mean of the two members' calibrated patch scores, N×1×h×w."""
@@ -114,25 +153,40 @@ class EnsembleModel(MapScoring, nn.Module):
             return self.search_basis
         return search_basis
 
-    def forward(self, image, memory_bank=None, mean=None, inv_covariance=None, calibration=None, search_basis=None):
-        local, plain = self.embed(image)
-        bank = self.memory_bank if memory_bank is None else memory_bank
-        nearest = bank_distances(local, bank, self.config, nearest_distances, self.bases(search_basis))
-        mean = self.mean if mean is None else mean
-        inv_covariance = self.inv_covariance if inv_covariance is None else inv_covariance
-        mahalanobis = mahalanobis_distances(plain, mean, inv_covariance)
-        calibration = self.calibration if calibration is None else calibration
-        return self.to_map(self.combine(nearest, mahalanobis, calibration))
+    def forward(self, image, *stats):
+        given = {name: getattr(self, name) for name in self.stats_names} | dict(zip(self.stats_names, stats))
+        features = self.feature_extractor(image)
+        local, plain = self.embed(image, features)
+        bases = self.bases(given.get("search_basis"))
+        nearest = bank_distances(local, given["memory_bank"], self.config, nearest_distances, bases)
+        mahalanobis = mahalanobis_distances(plain, given["mean"], given["inv_covariance"])
+        anomaly_map, score = self.to_map(self.combine(nearest, mahalanobis, given["calibration"]))
+        if self.coarse:
+            distances = nearest_distances(self.coarse_features(features), given["coarse_bank"])
+            score = fused_score(score, coarse_score(distances, self.config.coarse_share), given["coarse_calibration"])
+        return anomaly_map, score
 
     @torch.no_grad()
-    def member_scores(self, image):
+    def member_scores(self, image, features=None):
         """Raw (PatchCore, PaDiM) patch scores with a bounded-memory kNN search, for fitting and evaluation."""
-        local, plain = self.embed(image)
+        local, plain = self.embed(image, features)
         nearest = bank_distances(local, self.memory_bank, self.config, chunked_distances, self.bases())
         return nearest, mahalanobis_distances(plain, self.mean, self.inv_covariance)
 
     @torch.no_grad()
+    def raw_scores(self, image):
+        """(PatchCore's, PaDiM's raw patch scores, the coarse score or None) from one backbone pass, eagerly: what
+        `infer` combines and fit calibrates."""
+        features = self.feature_extractor(image)
+        nearest, mahalanobis = self.member_scores(image, features)
+        if not self.coarse:
+            return nearest, mahalanobis, None
+        distances = chunked_distances(self.coarse_features(features), self.coarse_bank)
+        return nearest, mahalanobis, coarse_score(distances, self.config.coarse_share)
+
+    @torch.no_grad()
     def infer(self, image):
         """Eager scoring with bounded memory; same result as forward."""
-        nearest, mahalanobis = self.member_scores(image)
-        return self.to_map(self.combine(nearest, mahalanobis, self.calibration))
+        nearest, mahalanobis, coarse = self.raw_scores(image)
+        anomaly_map, score = self.to_map(self.combine(nearest, mahalanobis, self.calibration))
+        return anomaly_map, score if coarse is None else fused_score(score, coarse, self.coarse_calibration)
