@@ -13,6 +13,10 @@ so that "default" stays the map score alone.
     python benchmarks/studies/coarse_score.py fit SET OUT        # default PatchCore fit + coarse distances
     python benchmarks/studies/coarse_score.py table OUT           # AUROC of each variant over the sets in OUT
 
+`fit --model ensemble` fits the default ensemble instead (its own coarse score off as well); its coarse distances are
+the same as PatchCore's (same training images, block and seeded draw). That is the offline table of "Ensemble: the
+stride-32 image score" in docs/quality-study.md (`table OUT --shares 0.2 --weights 0.25 0.5 1`).
+
 SET is elpv-mono, elpv-poly, a dev set name (bsdata, bsdata-full, deeppcb, cfd under ../shared/data) or a folder.
 """
 
@@ -35,13 +39,13 @@ def fit(args) -> None:
     from edgeiad.data import load_dataset
     from edgeiad.data.loader import iter_batches
     from edgeiad.engine import fit_model, score_samples
+    from edgeiad.models import get_model
     from edgeiad.models._ops import chunked_min_euclidean
     from edgeiad.models.feature_extractor import FeatureExtractor
-    from edgeiad.models.patchcore.torch_model import PatchCoreConfig
 
     torch.set_num_threads(args.threads)
     dataset = load_dataset(str(DEV_SETS.get(args.dataset, args.dataset)))
-    config = PatchCoreConfig(coarse_weight=0.0)  # the map score alone: the study adds its own coarse score
+    config = get_model(args.model).make_config(coarse_weight=0.0)  # the map score alone: the study adds its own
     started = time.perf_counter()
     model, _info = fit_model(config, dataset)  # sets config.image_size to what the data gets
     scored = score_samples(model, dataset.test, config.preprocessing())
@@ -91,7 +95,7 @@ def table(args) -> None:
     for data in found.values():
         main, labels, coarse = data["main"], data["labels"], data["coarse"]
         good = labels == 0
-        rows.setdefault("PatchCore default", []).append(roc_auc(labels, main))
+        rows.setdefault("default (map score alone)", []).append(roc_auc(labels, main))
         for share in args.shares:
             score = _top(coarse, share)
             rows.setdefault(f"coarse alone, top {share:g}", []).append(roc_auc(labels, score))
@@ -108,6 +112,7 @@ def table(args) -> None:
 def main() -> None:
     parser, sub, one = study_parser(__doc__)
     one.add_argument("--block", type=int, default=14, help="backbone block whose features give the coarse score")
+    one.add_argument("--model", choices=("patchcore", "ensemble"), default="patchcore", help="the map's model")
     many = sub.add_parser("table")
     many.add_argument("out")
     many.add_argument("--shares", type=float, nargs="+", default=[0.05, 0.2])
