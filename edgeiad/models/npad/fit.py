@@ -19,7 +19,7 @@ torch = require_torch()
 def select_channels(features, count: int):
     """The `count` channels with the fewest non-positive activations: the least clipped, most Gaussian-like
     (seed 001 drops channels that an activation function squashed at zero)."""
-    clipped = (features <= 0).sum(dim=(0, 2, 3))
+    clipped = sum((part <= 0).sum(dim=(0, 2, 3)) for part in features.split(64))  # bounded: the sum is int64
     order = torch.argsort(clipped * features.shape[1] + torch.arange(features.shape[1]), stable=True)
     return order[:count].sort().values
 
@@ -143,17 +143,18 @@ def _running_sums(embedding, config: NpadConfig, chunk: int = 64):
     and on cfd (1,292 tiles) this step alone took the fit to 9.2 GB."""
     count, dim, height, width = embedding.shape
     positions, size = height * width, 2 * config.train_radius + 1
-    sums, points = None, []
-    for part in embedding.split(chunk):
-        part = part.double()
+    sums, points = None, torch.empty(count * positions, dim)  # filled in place: no second copy from a cat
+    for start in range(0, count, chunk):
+        part = embedding[start : start + chunk].double()
         pooled = torch.nn.functional.avg_pool2d(
             part, size, stride=1, padding=config.train_radius, count_include_pad=False
         )
         added = (*moments(_by_position(part)), *moments(_by_position(pooled)))
         sums = added if sums is None else tuple(total + more for total, more in zip(sums, added))
-        points.append(pooled.reshape(len(part), dim, positions).transpose(1, 2).reshape(-1, dim).float())
+        rows = pooled.reshape(len(part), dim, positions).transpose(1, 2).reshape(-1, dim)
+        points[start * positions : start * positions + len(rows)] = rows
     values = (*sums, torch.tensor([float(count * positions)], dtype=torch.float64))
-    return dict(zip(RUNNING, values)), torch.cat(points)
+    return dict(zip(RUNNING, values)), points
 
 
 def _by_position(features):
