@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from ...errors import require_torch
-from .._fitting import Stopwatch
+from .._fitting import Stopwatch, collect_embeddings
 from ..padim.fit import gaussian_statistics
 from ..patchcore.coarse import calibration_from, select_coarse_bank
 from ..patchcore.fit import search_bases, search_samples, select_memory_bank, select_region_memory
@@ -26,7 +26,9 @@ def fit_ensemble(config: EnsembleConfig, batches: Iterable, device: str = "cpu",
     model = EnsembleModel(config).to(device)
     with watch.time("embedding_s"):
         images = torch.cat([torch.from_numpy(array) for array, _ in batches])
-        local, plain, coarse = _embed_all(model, images, device)
+        chunks = ((chunk.numpy(), None) for chunk in images.split(16))
+        local, plain, *coarse = collect_embeddings(model.training_features, chunks, device)
+        coarse = coarse[0] if coarse else None  # the coarse block's features, when the coarse score is on
     held = _held_out(images.shape[0], config.calibration_share)
     kept = torch.ones(images.shape[0], dtype=torch.bool)
     kept[held] = False
@@ -61,16 +63,6 @@ def fit_ensemble(config: EnsembleConfig, batches: Iterable, device: str = "cpu",
         info.update(coarse_bank_size=config.coarse_bank_size, coarse_calibration=calibration)
         info.update({"coarse_note": note} if note else {})
     return model.eval(), {**info, **watch.timings}
-
-
-@torch.no_grad()
-def _embed_all(model: EnsembleModel, images, device: str):
-    """(patch features, PaDiM's channels, the coarse block's features or None) of every image, on the CPU."""
-    parts = [[], [], []]
-    for chunk in images.split(16):
-        for part, value in zip(parts, model.training_features(chunk.to(device))):
-            part.append(value.cpu())
-    return tuple(torch.cat(part) if part else None for part in parts)
 
 
 @torch.no_grad()
