@@ -9,7 +9,7 @@ from .._ops import GaussianBlur, MapScoring, aggregate_features
 from ..backbones import FeatureExtractor
 from ..config import FeatureBankConfig
 from ..padim.torch_model import check_n_features, mahalanobis_distances, random_channels
-from ..patchcore.coarse import coarse_score, fused_score
+from ..patchcore.coarse import CoarseScoring, fused_score
 from ..patchcore.projection import check_search_dim
 from ..patchcore.torch_model import (
     bank_distances,
@@ -70,7 +70,7 @@ class EnsembleConfig(FeatureBankConfig):
             raise ConfigError("calibration_share must be in (0, 1), calibration_quantile in (0.5, 1): e.g. 0.1, 0.995")
 
 
-class EnsembleModel(MapScoring, nn.Module):
+class EnsembleModel(MapScoring, CoarseScoring, nn.Module):
     """image → anomaly_map, pred_score: the mean of PatchCore's and PaDiM's calibrated patch scores.
 
     `calibration` (2×2: per member, the held-out good patches' median and quantile − median) puts a kNN distance
@@ -116,12 +116,7 @@ class EnsembleModel(MapScoring, nn.Module):
             self.register_buffer("search_basis", torch.zeros(banks, feature_dim, config.search_dim + 2))
             self.stats_names = (*self.stats_names, "search_basis")
         if self.coarse:  # PatchCore's coarse score: the coarse block's training features and [offset, gain]
-            self.coarse_layer = config.coarse_block % blocks
-            rows = max(config.coarse_bank_size, 1)
-            self.register_buffer("coarse_bank", torch.zeros(rows, channels[self.coarse_layer]))
-            self.register_buffer("coarse_calibration", torch.zeros(2))
-            self.stats_names = (*self.stats_names, "coarse_bank", "coarse_calibration")
-            self.resizable_stats = {**self.resizable_stats, "coarse_bank": 0}
+            self.stats_names = (*self.stats_names, *self.add_coarse_buffers(channels))
 
     def embed(self, image, features=None):
         """(PatchCore's patch features, PaDiM's channel subset), both at stride 8, from one backbone pass (or from
@@ -138,9 +133,6 @@ class EnsembleModel(MapScoring, nn.Module):
         features = self.feature_extractor(image)
         local, plain = self.embed(image, features)
         return (local, plain, self.coarse_features(features)) if self.coarse else (local, plain)
-
-    def coarse_features(self, features):
-        return features[self.feature_extractor.layers.index(self.coarse_layer)]
 
     def combine(self, nearest, mahalanobis, calibration):
         """Mean of the two members' calibrated patch scores, N×1×h×w."""
@@ -164,8 +156,8 @@ class EnsembleModel(MapScoring, nn.Module):
         mahalanobis = mahalanobis_distances(plain, given["mean"], given["inv_covariance"])
         anomaly_map, score = self.to_map(self.combine(nearest, mahalanobis, given["calibration"]))
         if self.coarse:
-            distances = nearest_distances(self.coarse_features(features), given["coarse_bank"])
-            score = fused_score(score, coarse_score(distances, self.config.coarse_share), given["coarse_calibration"])
+            coarse = self.coarse_scores(features, given["coarse_bank"], nearest_distances)
+            score = fused_score(score, coarse, given["coarse_calibration"])
         return anomaly_map, score
 
     @torch.no_grad()
@@ -183,8 +175,7 @@ class EnsembleModel(MapScoring, nn.Module):
         nearest, mahalanobis = self.member_scores(image, features)
         if not self.coarse:
             return nearest, mahalanobis, None
-        distances = chunked_distances(self.coarse_features(features), self.coarse_bank)
-        return nearest, mahalanobis, coarse_score(distances, self.config.coarse_share)
+        return nearest, mahalanobis, self.coarse_scores(features, self.coarse_bank, chunked_distances)
 
     @torch.no_grad()
     def infer(self, image):

@@ -43,6 +43,31 @@ def fused_score(score, coarse, calibration):
     return score + calibration[1] * (coarse - calibration[0])
 
 
+class CoarseScoring:
+    """What the models whose image score adds the coarse score share (PatchCore, the ensemble): its buffers, its
+    block's features and its score. Mixed into an nn.Module that has `config`, `feature_extractor` (tapping
+    `config.coarse_block`) and `resizable_stats`."""
+
+    def add_coarse_buffers(self, channels: dict) -> tuple[str, ...]:
+        """Register `coarse_bank` (config.coarse_bank_size rows of the block's `channels[block]`) and
+        `coarse_calibration` ([offset, gain]); return their names, for `stats_names`."""
+        config = self.config
+        self.coarse_layer = config.coarse_block % self.feature_extractor.total_blocks
+        self.register_buffer("coarse_bank", torch.zeros(max(config.coarse_bank_size, 1), channels[self.coarse_layer]))
+        self.register_buffer("coarse_calibration", torch.zeros(2))
+        self.resizable_stats = {**self.resizable_stats, "coarse_bank": 0}
+        return ("coarse_bank", "coarse_calibration")
+
+    def coarse_features(self, features):
+        """N×C×h×w: the coarse block's features among the backbone's outputs, searched as the patches are."""
+        return features[self.feature_extractor.layers.index(self.coarse_layer)]
+
+    def coarse_scores(self, features, bank, search):
+        """N coarse scores of the backbone's outputs against `bank`; `search` is PatchCore's `nearest_distances`
+        (graph) or `chunked_distances` (eager)."""
+        return coarse_score(search(self.coarse_features(features), bank), self.config.coarse_share)
+
+
 @torch.no_grad()
 def select_coarse_bank(features, config, previous=None):
     """The coarse bank from N×C×h×w training features: every row when they are at most `coarse_rows`, else their

@@ -9,7 +9,7 @@ from .._ops import GaussianBlur, MapScoring, aggregate_features, min_euclidean
 from .._robust import check_fraction
 from ..backbones import FeatureExtractor
 from ..config import FeatureBankConfig
-from .coarse import coarse_score, fused_score
+from .coarse import CoarseScoring, fused_score
 from .projection import check_search_dim, project
 from .regions import region_distances
 
@@ -144,7 +144,7 @@ def nearest_distances(embedding, memory_bank, basis=None):
     return scores.reshape(batch, 1, height, width)
 
 
-class PatchCoreModel(MapScoring, nn.Module):
+class PatchCoreModel(MapScoring, CoarseScoring, nn.Module):
     """image (N×3×H×W, normalised) → anomaly_map (N×1×H×W), pred_score (N).
 
     The memory bank is a buffer, so export bakes it as a constant; `forward(image, *stats)` takes the tensors named
@@ -180,12 +180,7 @@ class PatchCoreModel(MapScoring, nn.Module):
             self.register_buffer("search_basis", torch.zeros(banks, feature_dim, config.search_dim + 2))
             stats.append("search_basis")  # a refitted sidecar bank brings its own bases
         if self.coarse:  # coarse.py: the stride-32 training features and the [offset, gain] that fuses their score
-            self.coarse_layer = config.coarse_block % total
-            rows = max(config.coarse_bank_size, 1)
-            self.register_buffer("coarse_bank", torch.zeros(rows, channels[self.coarse_layer]))
-            self.register_buffer("coarse_calibration", torch.zeros(2))
-            stats += ["coarse_bank", "coarse_calibration"]
-            self.resizable_stats = {**self.resizable_stats, "coarse_bank": 0}
+            stats += self.add_coarse_buffers(channels)
         self.stats_names = tuple(stats)
 
     accepts_features = True  # forward/infer take the backbone's outputs from a wrapper that computed them (segad)
@@ -219,10 +214,6 @@ class PatchCoreModel(MapScoring, nn.Module):
         patches = self.embed(image, features)
         return (patches, self.coarse_features(features)) if self.coarse else patches
 
-    def coarse_features(self, features):
-        """N×C×h×w: the coarse block's features, searched as the patches are (coarse.py)."""
-        return features[self.feature_extractor.layers.index(self.coarse_layer)]
-
     def forward(self, image, *stats, features=None):
         given = dict(zip(self.stats_names, stats))
         features = self.backbone(image, features)
@@ -231,10 +222,8 @@ class PatchCoreModel(MapScoring, nn.Module):
             self.patch_scores(self.embed(image, features), bank, basis=given.get("search_basis"))
         )
         if self.coarse:
-            coarse_bank = given.get("coarse_bank", self.coarse_bank)
-            distances = nearest_distances(self.coarse_features(features), coarse_bank)
-            calibration = given.get("coarse_calibration", self.coarse_calibration)
-            score = fused_score(score, coarse_score(distances, self.config.coarse_share), calibration)
+            coarse = self.coarse_scores(features, given.get("coarse_bank", self.coarse_bank), nearest_distances)
+            score = fused_score(score, coarse, given.get("coarse_calibration", self.coarse_calibration))
         return anomaly_map, score
 
     @torch.no_grad()
@@ -245,8 +234,8 @@ class PatchCoreModel(MapScoring, nn.Module):
             self.patch_scores(self.embed(image, features), self.memory_bank, chunked_distances)
         )
         if self.coarse:
-            distances = chunked_distances(self.coarse_features(features), self.coarse_bank)
-            score = fused_score(score, coarse_score(distances, self.config.coarse_share), self.coarse_calibration)
+            coarse = self.coarse_scores(features, self.coarse_bank, chunked_distances)
+            score = fused_score(score, coarse, self.coarse_calibration)
         return anomaly_map, score
 
 
