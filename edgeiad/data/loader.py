@@ -12,6 +12,7 @@ import numpy as np
 from edgeiad_runtime.preprocess import Preprocessing, preprocess, read_image
 
 from edgeiad.errors import ConfigError, DataError
+from edgeiad.progress import progress_callback
 
 
 @dataclass
@@ -190,10 +191,12 @@ def read_batches(
     if progress is None:
         yield from _batches(samples, preprocessing, batch_size)
         return
-    bar, task = _start_progress(progress, len(samples))
-    with bar:
+    done = 0
+    with progress_callback(progress) as update:
+        update(done, len(samples))
         for batch in _batches(samples, preprocessing, batch_size):
-            bar.advance(task, len(batch.samples))
+            done += len(batch.samples)
+            update(done, len(samples))
             yield batch
 
 
@@ -206,20 +209,3 @@ def _batches(samples: list[Sample], preprocessing: Preprocessing, batch_size: in
             sizes.append((int(rgb.shape[0]), int(rgb.shape[1])))
             arrays.append(preprocess(rgb, preprocessing))
         yield Batch(np.stack(arrays).astype(np.float32, copy=False), chunk, sizes)
-
-
-def _start_progress(description: str, total: int):
-    """Create a rich progress bar on stderr with one task of `total` images."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    )
-    task = bar.add_task(description, total=total)
-    return bar, task
