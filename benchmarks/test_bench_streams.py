@@ -1,8 +1,9 @@
 """Several cameras on one box: frames/s of `edgeiad watch` with 1, 2, 4, 8 live sources scored in batched calls.
 
-Each source is an in-memory camera that always has a fresh frame (real test images, 100 fps), so the number is
-what the box can score, not what the cameras deliver. One stream is the batch-1 baseline: N cameras scored one
-frame per call get the same total frames/s as one camera, split N ways.
+The cameras and the measurement are `edgeiad bench --streams`'s (edgeiad/bench/streams.py): in-memory cameras that
+always have a fresh frame (real test images, 100 fps), so the number is what the box can score, not what the
+cameras deliver. One stream is the batch-1 baseline: N cameras scored one frame per call get the same total
+frames/s as one camera, split N ways.
 
 Full size: EDGEIAD_BENCH_ARTIFACT=path/to/artifact EDGEIAD_BENCH_FULL=1 (an artifact exported with a dynamic
 batch of at least 8, e.g. the default dynamic:16) and EDGEIAD_BENCH_DATA=the data it was trained on.
@@ -18,42 +19,16 @@ import pytest
 from .conftest import full_only, run_isolated
 
 STREAMS_CODE = """
-import threading, time
 import numpy as np
 from edgeiad_runtime import Detector
-from edgeiad.watch import FrameSource, JsonlSink, Watcher
+from edgeiad.bench.streams import stream_case
 
 with np.load({frames!r}, allow_pickle=False) as archive:
     frames = [archive[name] for name in sorted(archive.files)]
-
-class Camera(FrameSource):
-    live = True
-    def __init__(self, number):
-        self.name, self.count = f"camera{{number}}", number
-    def open(self):
-        return True
-    def read(self):
-        time.sleep(0.01)
-        self.count += 1
-        return True, frames[self.count % len(frames)]
-
-class Sink(JsonlSink):
-    def write(self, record):
-        pass
-    def event(self, record):
-        pass
-
 with Detector.load({artifact!r}, threads={threads}) as detector:
     for _ in range(3):
         detector.predict_batch([frames[i % len(frames)] for i in range({streams})], color_order="RGB")
-    event = threading.Event()
-    timer = threading.Timer({seconds}, event.set)
-    timer.start()
-    summary = Watcher(detector, [Camera(i) for i in range({streams})], sink=Sink(), stop=event,
-                      color_order="RGB", max_batch={max_batch}).run(install_signals=False)
-result = dict(streams={streams}, threads={threads}, max_batch={max_batch}, fps=summary["fps"], frames=summary["frames"],
-              mean_batch=summary.get("mean_batch", 1.0), latency_ms_p50=summary["latency_ms_p50"],
-              latency_ms_p95=summary["latency_ms_p95"], dropped=summary["dropped"])
+    result = dict(stream_case(detector, frames, {streams}, {seconds}, {max_batch}), threads={threads})
 """
 
 

@@ -143,3 +143,44 @@ def test_plan_and_skip_reasons():
 
     if importlib.util.find_spec("tensorrt") is None:
         assert "TensorRT is not installed" in reason
+
+
+def test_bench_streams_scores_live_cameras_through_the_watch_loop(trained_runs, synthetic_mvtec, tmp_path, capsys):
+    runs_dir, out = next(iter(trained_runs.values())).parent, tmp_path / "bench"
+    args = [
+        "bench", "--models", "padim", "--targets", "onnx", "--data", synthetic_mvtec, "--runs", runs_dir,
+        "--iters", "2", "--warmup", "0", "--accuracy-images", "4", "--batch", "1,2", "--streams", "1,2",
+        "--stream-seconds", "1", "--out", out,
+    ]  # fmt: skip
+    code, stdout, _ = run_cli(args, capsys)
+    assert code in (0, None)
+    document = json.loads((out / "results.json").read_text())
+    assert document["settings"]["streams"] == [1, 2] and document["settings"]["stream_seconds"] == 1.0
+    single, double = sorted(document["cases"], key=lambda case: case["batch"])
+    assert single["status"] == "ok" and not double.get("streams")  # the loop batches by itself: batch-1 cases only
+    rows = single["streams"]
+    assert [(row["streams"], row["max_batch"]) for row in rows] == [(1, 1), (2, 2), (2, 1)]
+    for row in rows:
+        assert row["frames"] > 0 and row["fps"] > 0 and row["latency_ms_p50"] > 0 and row["frame_errors"] == 0
+    assert rows[1]["mean_batch"] > 1.0 and rows[2]["mean_batch"] == 1.0  # batched, then one frame per call
+    with open(out / "streams.csv") as handle:
+        written = [(row["key"], row["streams"], row["max_batch"]) for row in csv.DictReader(handle)]
+    assert written == [(single["key"], "1", "1"), (single["key"], "2", "2"), (single["key"], "2", "1")]
+    assert "frames/s" in stdout and "--max-batch 1" in stdout
+    assert "Several cameras" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("extra", "pattern"),
+    [
+        (["--streams", "0"], "--streams '0' is invalid"),
+        (["--streams", "2,100"], "camera counts from 1 to 64"),
+        (["--streams", "2", "--stream-seconds", "0"], "--stream-seconds 0.0"),
+        (["--streams", "2", "--server", "http://127.0.0.1:9"], "measured with --clients"),
+    ],
+)
+def test_bench_streams_refuses_bad_settings_in_one_line(extra, pattern, synthetic_mvtec, tmp_path, capsys):
+    args = ["bench", "--models", "padim", "--data", synthetic_mvtec, "--out", tmp_path / "bench", *extra]
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, pattern)
+    assert not (tmp_path / "bench" / "results.json").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 
 from .recommend import describe, precision_verdicts, recommendation_lines, recommendations, verdict_lines
-from .report import COLUMNS, _fmt, _plottable, flatten
+from .report import COLUMNS, _fmt, _plottable, flatten, stream_mode, stream_rows
 from .svg import bars_svg, boxes_svg, scatter_svg
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
@@ -39,6 +39,24 @@ def _table(records: list[dict], columns: tuple[str, ...]) -> str:
                 f'<tr><td></td><td colspan="{len(columns)}" class="reason">{html.escape(row["reason"])}</td></tr>'
             )
     return f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _streams(records: list[dict]) -> str:
+    """bench --streams: one row per case and camera run; empty when none ran."""
+    rows = stream_rows(records)
+    if not rows:
+        return ""
+    titles = ("case", "cameras", "scoring", "frames/s", "p50 ms", "p95 ms", "mean batch", "dropped", "frame errors")
+    header = "".join(f"<th>{html.escape(t)}</th>" for t in titles)
+    body = []
+    for row in rows:
+        values = (row["streams"], stream_mode(row), row["fps"], row["latency_ms_p50"], row["latency_ms_p95"],
+                  row["mean_batch"], row["dropped"], row["frame_errors"])  # fmt: skip
+        cells = "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in values)
+        body.append(f'<tr><td class="case">{html.escape(row["key"])}</td>{cells}</tr>')
+    note = "<small>frames/s of all cameras together (each always has a fresh frame); p50/p95: one scoring call</small>"
+    table = f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<h2>Several cameras</h2>{note}{table}"
 
 
 def _environment(document: dict) -> str:
@@ -90,6 +108,7 @@ def html_report(document: dict) -> str:
         + scatter_svg(size, "artifact size, MB (log scale)", "image AUROC")
         + f"</div></div><h2>Cases</h2>{_table(records, COMPACT)}"
         + f"<details><summary>all {len(COLUMNS)} columns</summary>{_table(records, COLUMNS[1:])}</details>"
+        + _streams(records)
         + "<div class='grid'><div><h2>Peak RSS per case</h2>"
         + bars_svg(rss, "MB")
         + "</div><div><h2>Latency per call</h2>"

@@ -40,6 +40,28 @@ def flatten(record: dict) -> dict:
     return {column: row.get(column) for column in COLUMNS}
 
 
+STREAM_COLUMNS = (
+    "key", "streams", "max_batch", "fps", "frames", "frame_errors", "mean_batch", "latency_ms_p50", "latency_ms_p95",
+    "dropped",
+)  # fmt: skip
+
+
+def stream_rows(records: list[dict]) -> list[dict]:
+    """One flat row per case and camera run (`bench --streams`), in the order they ran."""
+    rows = []
+    for record in records:
+        for run in record.get("streams") or ():
+            rows.append({column: run.get(column) for column in STREAM_COLUMNS} | {"key": record["key"]})
+    return rows
+
+
+def stream_mode(row: dict) -> str:
+    """How the camera run scored its frames, as `edgeiad watch` names it."""
+    if row["streams"] == 1:
+        return "one camera"
+    return "--max-batch 1" if row["max_batch"] == 1 else "batched"
+
+
 def mark_pareto(records: list[dict]) -> None:
     """Flag the cases no other case beats on both per-image latency (lower) and image AUROC (higher)."""
     points = [(r, r["per_image_ms"], r["accuracy"]["image_auroc"]) for r in records if _plottable(r)]
@@ -84,6 +106,13 @@ def write_results(out: Path, document: dict) -> dict[str, Path]:
         writer.writeheader()
         for record in document["cases"]:
             writer.writerow(flatten(record))
+    streams = stream_rows(document["cases"])
+    if streams:
+        paths["streams_csv"] = out / "streams.csv"
+        with open(paths["streams_csv"], "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=STREAM_COLUMNS)
+            writer.writeheader()
+            writer.writerows(streams)
     paths["html"].write_text(html_report(document))
     return paths
 
@@ -130,9 +159,32 @@ def print_table(document: dict, console) -> None:
             row = flatten(record)
             table.add_row(_fmt(row["pareto"]), describe(record), *[_fmt(row[key]) for _, key, _ in TABLE_COLUMNS])
     console.print(table)
+    print_stream_table(document, console)
     for record in document["cases"]:
         if record.get("status") != "ok":  # never dropped: each case that did not run says why
             console.print(f"{record['status']}: {record['key']}: {record.get('reason')}", markup=False, highlight=False)
+
+
+def print_stream_table(document: dict, console) -> None:
+    """bench --streams: total frames/s of all cameras per case and camera count, and one call's p50."""
+    from rich import box
+    from rich.table import Table
+
+    rows = stream_rows(document["cases"])
+    if not rows:
+        return
+    caption = "frames/s of all cameras together · p50: one scoring call · full table: streams.csv"
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption=caption)
+    table.add_column("case", overflow="ellipsis", no_wrap=True, min_width=20)
+    for title in ("cameras", "scoring", "frames/s", "p50 ms", "batch"):
+        table.add_column(title, justify="right", no_wrap=True)
+    for row in rows:
+        cells = (str(row["streams"]), stream_mode(row), _fmt(row["fps"]), _fmt(row["latency_ms_p50"]))
+        table.add_row(short_key(row["key"]), *cells, _fmt(row["mean_batch"]))
+    console.print(table)
+    for row in rows:
+        if row["frame_errors"]:
+            console.print(f"{row['key']}, {row['streams']} cameras: {row['frame_errors']} frames failed", markup=False)
 
 
 def print_server_table(document: dict, console) -> None:

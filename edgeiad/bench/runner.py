@@ -72,11 +72,19 @@ class Bench:
         accuracy_images: int,
         overrides=None,
         echo=print,
+        streams: tuple[int, ...] = (),
+        stream_seconds: float = 10.0,
     ):
         if iters < 1 or warmup < 0:
             raise ConfigError(f"--iters {iters} / --warmup {warmup}: use iters >= 1 and warmup >= 0")
+        if streams:
+            from .streams import check_stream_counts
+
+            check_stream_counts(tuple(streams), stream_seconds)
         self.out, self.data, self.runs_dir = Path(out), data, runs_dir
         self.iters, self.warmup, self.accuracy_images = iters, warmup, accuracy_images
+        # Camera counts to run `edgeiad watch`'s loop with (streams.py), on each batch-1 case: the loop batches.
+        self.streams, self.stream_seconds = tuple(streams), float(stream_seconds)
         self.overrides, self.echo = overrides or {}, echo
         self.dataset = load_dataset(data)
         self.fits: dict[str, dict] = {}
@@ -103,6 +111,7 @@ class Bench:
                 "iters": self.iters,
                 "warmup": self.warmup,
                 "accuracy_images": self.accuracy_images,
+                **({"streams": list(self.streams), "stream_seconds": self.stream_seconds} if self.streams else {}),
             },
             "fits": self.fits,
             "cases": records,
@@ -184,6 +193,8 @@ class Bench:
             "backbone": str(artifact["backbone"]),
             "accuracy": first,
             "accuracy_images": self.accuracy_images,
+            "streams": list(self.streams) if case.batch == 1 else [],
+            "stream_seconds": self.stream_seconds,
         }
         self.echo(f"measuring {case.key}")
         try:
@@ -245,10 +256,12 @@ def run_worker(spec: dict, threads: int, frames: list) -> dict:
         np.savez(frames_path, **{f"frame{i:04d}": frame for i, frame in enumerate(frames)})
         spec_path.write_text(json.dumps({**spec, "frames": str(frames_path)}))
         command = [sys.executable, "-m", "edgeiad.bench.worker", str(spec_path), str(out_path)]
+        # the camera runs are timed by their own clock: each count runs once or twice for stream_seconds
+        timeout = CASE_TIMEOUT_S + 2 * len(spec.get("streams") or ()) * spec.get("stream_seconds", 0)
         try:
-            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=CASE_TIMEOUT_S)
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise EdgeiadError(f"case timed out after {CASE_TIMEOUT_S} s") from None
+            raise EdgeiadError(f"case timed out after {timeout:.0f} s") from None
         if done.returncode != 0 or not out_path.is_file():
             lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
             raise EdgeiadError(f"worker exited {done.returncode}: {lines[-1] if lines else 'no output'}")

@@ -1,4 +1,5 @@
-"""One bench case in its own process (no torch): load, first inference, latency, RSS, accuracy, backbone-only.
+"""One bench case in its own process (no torch): load, first inference, latency, RSS, backbone-only, cameras,
+accuracy.
 
 Run as `python -m edgeiad.bench.worker SPEC.json OUT.json`; the parent reads OUT.json. A separate process per
 case keeps load time and peak RSS honest: nothing another case loaded is counted here.
@@ -135,6 +136,10 @@ def measure(spec: dict) -> dict:
         record["backbone"] = _backbone(
             spec["backbone"], detector.manifest, batch, spec["threads"], spec["iters"], spec["warmup"]
         )
+    if spec.get("streams"):
+        from .streams import measure_streams
+
+        record["streams"] = measure_streams(detector, frames, tuple(spec["streams"]), spec["stream_seconds"])
     if spec.get("accuracy"):
         record["accuracy"] = _accuracy(detector, load_dataset(spec["data"]), spec.get("accuracy_images", 0))
     record["torch_imported"] = "torch" in sys.modules

@@ -20,6 +20,7 @@ app.add_typer(bench_app, name="bench")
         "edgeiad bench                                   # patchcore,padim x onnx,openvino, fp32",
         "edgeiad bench --models all --targets all --precisions fp32,fp16,int8 --batch 1,8 --out bench/",
         "edgeiad bench --profile intel-cpu --runs runs/",
+        "edgeiad bench --models patchcore --threads 2 --streams 1,2,4,8   # frames/s with 1-8 cameras per box",
         "edgeiad bench --server http://127.0.0.1:8000 --models patchcore,padim --clients 1,4,16   # served models",
     ),
 )
@@ -43,11 +44,18 @@ def bench(
         None, "--server", help="measure models on this Triton server (http://HOST:8000 or grpc://HOST:8001)"
     ),
     clients: str = typer.Option("1,4,16", "--clients", help="with --server: concurrent clients, e.g. 1,4,16"),
+    streams: str = typer.Option(
+        None,
+        "--streams",
+        help="camera counts, e.g. 1,2,4,8: frames/s of `edgeiad watch` with that many live "
+        "cameras, batched and one frame per call, for each batch-1 case",
+    ),
+    stream_seconds: float = typer.Option(10.0, "--stream-seconds", help="with --streams: seconds per run"),
 ) -> None:
     """Train or reuse runs, export, and measure every case in its own process; write results.json/csv/html."""
     if ctx.invoked_subcommand is not None:
         return
-    from ..bench.cases import plan
+    from ..bench.cases import parse_counts, plan
     from ..bench.report import print_table, write_results
     from ..bench.runner import Bench
 
@@ -56,14 +64,21 @@ def bench(
     def echo(message: str) -> None:
         log.print(message, markup=False, highlight=False, soft_wrap=True)
 
+    if server and streams:
+        from ..errors import ConfigError
+
+        raise ConfigError("--streams runs local artifacts with live cameras; a --server is measured with --clients")
     if server:
         document = _bench_server(server, models, clients, data, iters, warmup, echo)
     else:
         if profile:
             targets, precisions, stats, threads = _from_profile(profile, targets, precisions, stats, threads)
         cases = plan(models, targets, precisions, stats, batch, threads)
+        counts = tuple(parse_counts(streams, "streams")) if streams else ()
         echo(f"{len(cases)} cases → {out}")
-        document = Bench(out, data, runs, iters, warmup, accuracy_images, echo=echo).run(cases)
+        bench = Bench(out, data, runs, iters, warmup, accuracy_images, echo=echo, streams=counts,
+                      stream_seconds=stream_seconds)  # fmt: skip
+        document = bench.run(cases)
     Path(out).mkdir(parents=True, exist_ok=True)
     paths = write_results(out, document)
     if json_out:
@@ -77,7 +92,7 @@ def bench(
                           "cases": rows}, indent=2))  # fmt: skip
         return
     print_table(document, console)
-    console.print(f"written: {paths['json']}, {paths['csv']}, {paths['html']}", markup=False)
+    console.print(f"written: {', '.join(str(path) for path in paths.values())}", markup=False)
 
 
 def _bench_server(server: str, models: str, clients: str, data: str, iters: int, warmup: int, echo) -> dict:
