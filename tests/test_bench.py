@@ -184,3 +184,70 @@ def test_bench_streams_refuses_bad_settings_in_one_line(extra, pattern, syntheti
     code, _, err = run_cli(args, capsys)
     assert_one_line_error(code, err, pattern)
     assert not (tmp_path / "bench" / "results.json").exists()
+
+
+def test_int8_cases_are_timed_against_the_backbone_quantized_as_their_artifact(
+    trained_runs, exported, synthetic_mvtec, tmp_path, capsys
+):
+    pytest.importorskip("nncf", reason="OpenVINO INT8 needs the openvino extra (nncf)")
+    import onnx
+    import openvino as ov
+
+    runs_dir, out = trained_runs["patchcore"].parent, tmp_path / "bench"
+    for target in ("onnx", "openvino"):  # the session's fp32 artifacts: only the INT8 ones are exported here
+        name = f"patchcore-{target}-fp32-baked"
+        shutil.copytree(exported / "artifacts" / name, out / "artifacts" / name)
+    args = [
+        "bench", "--models", "patchcore", "--targets", "onnx,openvino", "--precisions", "fp32,int8",
+        "--data", synthetic_mvtec, "--runs", runs_dir, "--iters", "2", "--warmup", "0", "--accuracy-images", "4",
+        "--out", out,
+    ]  # fmt: skip
+    code, _, _ = run_cli(args, capsys)
+    assert code in (0, None)
+    cases = {
+        (case["target"], case["precision"]): case for case in json.loads((out / "results.json").read_text())["cases"]
+    }
+    for target in ("onnx", "openvino"):
+        fp32, int8 = cases[(target, "fp32")], cases[(target, "int8")]
+        assert fp32["status"] == int8["status"] == "ok"
+        assert fp32["backbone"] == fp32["backbone_fp32"] and fp32["e2e_over_fp32_backbone"] == fp32["e2e_over_backbone"]
+        assert int8["backbone"] != int8["backbone_fp32"]  # two graphs timed, not one copied
+        latency = int8["latency"]["p50_ms"]
+        assert int8["e2e_over_backbone"] == pytest.approx(latency / int8["backbone"]["p50_ms"])
+        assert int8["e2e_over_fp32_backbone"] == pytest.approx(latency / int8["backbone_fp32"]["p50_ms"])
+
+    def count(nodes, kind):
+        return sum(node == kind for node in nodes)
+
+    # Quantized as the artifact is: the same backbone convolutions get int8 weights (the same DequantizeLinear /
+    # FakeQuantize count; the artifact's scoring part has none), the stem and first blocks none in either.
+    reference = [n.op_type for n in onnx.load(str(out / "backbones" / "patchcore-int8.onnx")).graph.node]
+    artifact = [
+        n.op_type for n in onnx.load(str(out / "artifacts" / "patchcore-onnx-int8-baked" / "model.onnx")).graph.node
+    ]
+    assert count(reference, "DequantizeLinear") == count(artifact, "DequantizeLinear") > 0
+    core = ov.Core()
+    reference = [
+        op.get_type_name()
+        for op in core.read_model(out / "backbones" / "patchcore-int8-openvino" / "model.xml").get_ops()
+    ]
+    artifact = [
+        op.get_type_name()
+        for op in core.read_model(out / "artifacts" / "patchcore-openvino-int8-baked" / "model.xml").get_ops()
+    ]
+    assert count(reference, "FakeQuantize") == count(artifact, "FakeQuantize") > 0
+    with open(out / "results.csv") as handle:
+        assert all(row["e2e_over_fp32_backbone"] for row in csv.DictReader(handle))
+
+
+def test_a_backbone_reference_from_another_run_is_rebuilt(tmp_path):
+    from edgeiad.bench.backbone import made_from, record_source
+
+    graph, run_a, run_b = tmp_path / "patchcore.onnx", tmp_path / "a", tmp_path / "b"
+    assert not made_from(graph, run_a)  # nothing there yet
+    graph.write_bytes(b"graph")
+    assert not made_from(graph, run_a)  # a graph of unknown origin (an older bench folder) is not trusted
+    record_source(graph, run_a)
+    assert made_from(graph, run_a) and not made_from(graph, run_b)
+    graph.with_name("patchcore.onnx.source.json").write_text("{not json")
+    assert not made_from(graph, run_a)

@@ -14,7 +14,7 @@ COLUMNS = (
     "first_inference_ms", "p50_ms", "p95_ms", "p99_ms", "per_image_ms", "throughput_ips", "preprocess_ms",
     "inference_ms", "postprocess_ms", "peak_rss_mb", "image_auroc", "image_ap", "image_f1_max", "pixel_auroc",
     "aupro", "pixel_eval", "parity_max_rel_map_error", "parity_auroc_drop", "backbone_p50_ms", "e2e_over_backbone",
-    "pareto",
+    "e2e_over_fp32_backbone", "pareto",
 )  # fmt: skip
 
 
@@ -36,6 +36,7 @@ def flatten(record: dict) -> dict:
     row.update(
         backbone_p50_ms=(record.get("backbone") or {}).get("p50_ms"), e2e_over_backbone=record.get("e2e_over_backbone")
     )
+    row["e2e_over_fp32_backbone"] = record.get("e2e_over_fp32_backbone")
     row["pareto"] = record.get("pareto", False)
     return {column: row.get(column) for column in COLUMNS}
 

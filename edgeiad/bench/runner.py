@@ -163,13 +163,24 @@ class Bench:
             return {"status": "failed", "reason": str(exc)}
         return {"path": path, "backbone": backbone}
 
-    def _backbone(self, key: ArtifactKey, run: Path) -> Path:
-        from .backbone import export_backbone
+    def _backbone(self, key: ArtifactKey, run: Path) -> dict[str, Path]:
+        """The backbone-only graphs a case is timed against: 'fp32' always, and 'int8' (quantized as the artifact
+        is) for an INT8 case on ONNX Runtime or OpenVINO."""
+        from .backbone import export_backbone, made_from, quantize_reference, record_source
 
-        path = self.out / "backbones" / f"{key.model}.onnx"
-        if not path.is_file():
-            export_backbone(run, path)
-        return path
+        folder = self.out / "backbones"
+        paths = {"fp32": folder / f"{key.model}.onnx"}
+        if not made_from(paths["fp32"], run):
+            export_backbone(run, paths["fp32"])
+            record_source(paths["fp32"], run)
+        if key.precision == "int8" and key.target in ("onnx", "openvino"):
+            suffix = "-int8-openvino/model.xml" if key.target == "openvino" else "-int8.onnx"
+            paths["int8"] = folder / f"{key.model}{suffix}"
+            if not made_from(paths["int8"], run):
+                self.echo(f"quantizing {key.model}'s backbone alone to INT8 for {key.target} (the latency reference)")
+                paths["int8"] = quantize_reference(run, paths["fp32"], key.target, self.dataset, folder)
+                record_source(paths["int8"], run)
+        return paths
 
     def _measure(self, case: Case, artifact: dict, first: bool) -> dict:
         record = case.to_dict()
@@ -190,7 +201,7 @@ class Bench:
             "threads": case.threads,
             "iters": self.iters,
             "warmup": self.warmup,
-            "backbone": str(artifact["backbone"]),
+            "backbone": {precision: str(path) for precision, path in artifact["backbone"].items()},
             "accuracy": first,
             "accuracy_images": self.accuracy_images,
             "streams": list(self.streams) if case.batch == 1 else [],
@@ -202,9 +213,11 @@ class Bench:
             record["status"] = "ok"
         except EdgeiadError as exc:
             record.update({"status": "failed", "reason": str(exc)})
-        backbone = (record.get("backbone") or {}).get("p50_ms")
-        if backbone and record.get("latency"):
-            record["e2e_over_backbone"] = record["latency"]["p50_ms"] / backbone
+        latency = (record.get("latency") or {}).get("p50_ms")
+        for name, ratio in (("backbone", "e2e_over_backbone"), ("backbone_fp32", "e2e_over_fp32_backbone")):
+            reference = (record.get(name) or {}).get("p50_ms")
+            if reference and latency:
+                record[ratio] = latency / reference
         return record
 
 

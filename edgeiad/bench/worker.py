@@ -63,7 +63,7 @@ def _latency(detector, frames, iters: int, warmup: int) -> dict:
 
 
 def _backbone(path: str, manifest: dict, frames_batch: np.ndarray, threads: int, iters: int, warmup: int) -> dict:
-    """Latency of the bare backbone graph on the artifact's runtime, same batch and threads."""
+    """Latency of a bare backbone graph (ONNX, or OpenVINO IR) on the artifact's runtime, same batch and threads."""
     if manifest["target"] == "openvino":
         import openvino as ov
 
@@ -133,9 +133,10 @@ def measure(spec: dict) -> dict:
 
         spec_in = preprocessing_of(detector.manifest)
         batch = np.stack([preprocess(frame, spec_in) for frame in frames])
-        record["backbone"] = _backbone(
-            spec["backbone"], detector.manifest, batch, spec["threads"], spec["iters"], spec["warmup"]
-        )
+        timing = (detector.manifest, batch, spec["threads"], spec["iters"], spec["warmup"])
+        paths = spec["backbone"]  # {"fp32": path} and, for INT8 on ORT/OpenVINO, {"int8": the quantized one}
+        record["backbone_fp32"] = _backbone(paths["fp32"], *timing)
+        record["backbone"] = _backbone(paths["int8"], *timing) if "int8" in paths else record["backbone_fp32"]
     if spec.get("streams"):
         from .streams import measure_streams
 
