@@ -28,7 +28,7 @@ def backbone_case(run, out, target: str, threads: int, iters: int) -> dict:
         export_backbone(run, backbone)
     data = run_data_spec(read_json(run / "config.json"))
     spec = {"artifact": str(artifact), "data": data, "batch": 1, "threads": threads, "iters": iters, "warmup": 3,
-            "backbone": str(backbone), "accuracy": False}  # fmt: skip
+            "backbone": {"fp32": str(backbone)}, "accuracy": False}  # fmt: skip
     record = run_worker(spec, threads, bench_frames(load_dataset(data), 1))
     record["e2e_over_backbone"] = record["latency"]["p50_ms"] / record["backbone"]["p50_ms"]
     return record
