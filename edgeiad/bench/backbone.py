@@ -66,14 +66,14 @@ def quantize_reference(run: Path, fp32_path: Path, target: str, dataset, out_dir
     _record, model = load_model(run)
     calibration = calibration_batch(model, dataset)
     graph = onnx.load(str(fp32_path), load_external_data=False).graph
-    backbone, quantized = backbone_node_names(graph), backbone_node_names(graph, int8_fp32_scopes(model))
+    backbone, quantized = set(backbone_node_names(graph)), backbone_node_names(graph, int8_fp32_scopes(model))
     out_dir.mkdir(parents=True, exist_ok=True)
     if target == "openvino":
         from ..export.openvino import convert_to_openvino
 
         folder = out_dir / f"{fp32_path.stem}-int8-openvino"
-        scoring = [node.name for node in graph.node if node.name not in set(backbone)]
-        fp32_prefix = sorted(set(backbone) - set(quantized))
+        scoring = [node.name for node in graph.node if node.name not in backbone]
+        fp32_prefix = sorted(backbone - set(quantized))
         convert_to_openvino(fp32_path, folder, "int8", calibration, scoring, fp32_nodes=fp32_prefix)
         return folder / "model.xml"
     path = out_dir / f"{fp32_path.stem}-int8.onnx"
