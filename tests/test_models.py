@@ -375,8 +375,40 @@ def test_score_share_exports_as_a_constant_k_topk(synthetic_mvtec, tmp_path):
     artifact = export_run(run, target="onnx", out=tmp_path / "artifact")  # parity-checked against eager
     graph = onnx.load(str(artifact / "model.onnx")).graph
     assert "TopK" in {node.op_type for node in graph.node}
+    # PatchCore reads every 4th pixel of the 64 x 64 map: K = ceil(0.05 * 16 * 16) = 13, not ceil(0.05 * 64 * 64)
+    from edgeiad.export.trt_check import _constants, _value
+
+    constants = _constants(graph)
+    topk = [node for node in graph.node if node.op_type == "TopK"]
+    assert [int(_value(constants[node.input[1]]).max()) for node in topk] == [13]
     parity = json.loads((artifact / "manifest.json").read_text())["parity"]
     assert parity["passed"] and parity["max_abs_score_error"] < 1e-3
+
+
+def test_score_stride_reads_every_nth_map_pixel_and_runs_fitted_before_it_read_every_pixel():
+    from edgeiad.models._ops import GaussianBlur, score_stride, to_anomaly_map
+
+    scores = torch.rand(2, 1, 48, 48, generator=torch.Generator().manual_seed(11)) * 10
+    blur = GaussianBlur(4.0)
+    anomaly_map, every = to_anomaly_map(scores, (384, 384), blur, 0.02)  # K = 2,950 fits TensorRT: every pixel
+    top = np.sort(anomaly_map.flatten(1).numpy(), axis=1)
+    np.testing.assert_allclose(every.numpy(), top[:, -2950:].mean(axis=1), rtol=1e-6)
+    same_map, fourth = to_anomaly_map(scores, (384, 384), blur, 0.02, 4)
+    torch.testing.assert_close(same_map, anomaly_map)  # the map itself is not subsampled
+    sampled = np.sort(anomaly_map[:, :, ::4, ::4].flatten(1).numpy(), axis=1)[:, -185:].mean(axis=1)
+    np.testing.assert_allclose(fourth.numpy(), sampled, rtol=1e-6)
+    assert abs(fourth - every).max() < 0.01 * float(every.min())  # a smooth map's top share barely moves
+    # the stride asked for is a floor: TensorRT's TopK limit still raises it, never lowers it
+    assert score_stride((384, 384), 0.05, 1) == 2 and score_stride((384, 384), 0.05, 4) == 4
+    assert score_stride((1024, 1024), 0.05, 3) == 4
+
+    for name in ("patchcore", "padim", "ensemble"):
+        assert get_model(name).make_config().score_stride == 4
+        legacy = get_model(name).config_cls().from_dict({"model": name, "image_size": [64, 64]})
+        assert legacy.score_stride == 1, name  # an old run scores exactly as it was fitted and calibrated
+    for bad in (0, 65, 2.0, True, "4"):
+        with pytest.raises(ValueError, match="score_stride"):
+            get_model("patchcore").make_config(score_stride=bad)
 
 
 @pytest.mark.parametrize("dim", [100, 152, 200])

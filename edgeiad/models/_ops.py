@@ -141,35 +141,38 @@ def memory_bounded_batch(model, wanted: int) -> int:
 TOPK_MAX_K = 3840
 
 
-def score_stride(image_size: tuple[int, int], score_share: float) -> int:
-    """Pixel stride of the map that the top-share image score reads: 1 (every pixel) unless that share of the map
-    is more pixels than TensorRT's TopK takes (5 % of 384 × 384 is 7,373), then the smallest stride s whose every
-    s-th pixel in both axes fits (384 px: s = 2, K = 1,844). The map is an upsampled patch grid smoothed with σ = 4 px,
-    so its top share barely moves within s pixels, and the TopK reads s² times fewer values."""
+def score_stride(image_size: tuple[int, int], score_share: float, wanted: int = 1) -> int:
+    """Pixel stride of the map that the top-share image score reads: `wanted` (the model's `score_stride`; 1 = every
+    pixel), raised when that share of the map's pixels is more than TensorRT's TopK takes (5 % of 384 × 384 is
+    7,373) to the smallest stride s whose every s-th pixel in both axes fits (384 px: s = 2, K = 1,844). The map is an
+    upsampled patch grid smoothed with σ = 4 px, so its top share barely moves within s pixels, and the TopK reads s²
+    times fewer values."""
     height, width = image_size
-    stride = 1
+    stride = max(1, int(wanted))
     while math.ceil(score_share * math.ceil(height / stride) * math.ceil(width / stride)) > TOPK_MAX_K:
         stride += 1
     return stride
 
 
-def to_anomaly_map(patch_scores, image_size: tuple[int, int], blur: GaussianBlur, score_share: float = 0.0):
+def to_anomaly_map(
+    patch_scores, image_size: tuple[int, int], blur: GaussianBlur, score_share: float = 0.0, stride: int = 1
+):
     """Upsample N×1×h×w patch scores to the input size and smooth them; the image score is the map's max, or with
     `score_share` > 0 the mean of that share of the map's highest pixels (a constant-K TopK in the graph, read on
-    every `score_stride`-th pixel so that K stays within TensorRT's limit).
+    every `score_stride`-th pixel: `stride` or more, so that K stays within TensorRT's limit).
 
     The top share is taken on the smoothed map, not the raw patch scores: that is what the study measured
     (PatchCore at 384, image AUROC max → top 5 %: bsdata-full 0.938 → 0.959, cfd 0.915 → 0.943, ELPV mono
     0.880 → 0.902), and smoothing keeps one noisy patch from deciding the score on its own."""
     anomaly_map = blur.upsampled(patch_scores, tuple(image_size))
-    return anomaly_map, map_score(anomaly_map, score_share)
+    return anomaly_map, map_score(anomaly_map, score_share, stride)
 
 
-def map_score(anomaly_map, score_share: float = 0.0):
-    """N image scores of an N×1×H×W smoothed map: its max, or the mean of its top `score_share` (read on every
-    `score_stride`-th pixel)."""
+def map_score(anomaly_map, score_share: float = 0.0, stride: int = 1):
+    """N image scores of an N×1×H×W smoothed map: its max, or the mean of its top `score_share` of the pixels read
+    every `score_stride(…, stride)`-th pixel in both axes."""
     if score_share > 0:
-        stride = score_stride(tuple(anomaly_map.shape[-2:]), score_share)
+        stride = score_stride(tuple(anomaly_map.shape[-2:]), score_share, stride)
         flat = (anomaly_map[:, :, ::stride, ::stride] if stride > 1 else anomaly_map).flatten(1)
         count = max(1, math.ceil(score_share * flat.shape[1]))
         return torch.topk(flat, count, dim=1).values.mean(dim=1)
@@ -177,7 +180,8 @@ def map_score(anomaly_map, score_share: float = 0.0):
 
 
 class MapScoring:
-    """Mixin for models with `image_size`, `blur` and a `config.score_share`: their patch scores → map and score."""
+    """Mixin for models with `image_size`, `blur`, a `config.score_share` and `config.score_stride`: their patch
+    scores → map and score."""
 
     @property
     def score_is_map_max(self) -> bool:
@@ -185,4 +189,6 @@ class MapScoring:
 
     def to_map(self, patch_scores):
         """Patch scores → (anomaly map at the input size, image score)."""
-        return to_anomaly_map(patch_scores, self.image_size, self.blur, self.config.score_share)
+        return to_anomaly_map(
+            patch_scores, self.image_size, self.blur, self.config.score_share, self.config.score_stride
+        )
