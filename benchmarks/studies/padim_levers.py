@@ -3,7 +3,8 @@
 PaDiM keeps a seeded random subset of `n_features` of the backbone's channels (`random_channels`). Every subset is a
 row selection of the full embedding, so one pass over the training and test images with all channels serves every
 `n_features`: per count the Gaussians are fitted on the selected rows exactly as `fit_padim` fits them, the test
-maps are computed and smoothed as the model does, and each image-score share reads the same maps. Prints one line
+maps are computed and smoothed as the model does, and each image-score share (read every `--strides` pixel, as
+`score_stride` reads it) scores the same maps. Prints one line
 per (count, share) with image AUROC, and pixel AUROC / AUPRO@0.3 per count; writes `metrics.json` and the raw
 patch scores per count under OUT/SET.
 
@@ -37,6 +38,7 @@ def run(args) -> None:
     probe.image_size = probe.fitted_to(_image_sizes(dataset.train))
     total = sum(PadimModel(probe).feature_extractor.channels())
     counts = [total if c == "all" else int(c) for c in args.counts.split(",")]
+    strides = [int(s) for s in args.strides.split(",")]
     config = PadimConfig(**{**overrides, "n_features": total})  # every channel, in channel order
     config.image_size = probe.image_size
     config.validate()
@@ -75,9 +77,11 @@ def run(args) -> None:
         np.save(out / f"raw-{n}.npy", patch)
         smooth = blur.upsampled(torch.from_numpy(patch).unsqueeze(1), tuple(config.image_size))
         row = {"statistics_s": stats_s[n], "image_auroc": {}}
-        for name, share in SHARES.items():
-            scored.scores = map_score(smooth, share).numpy()
-            row["image_auroc"][name] = round(float(compute_metrics(scored)["image_auroc"]), 4)
+        for stride in strides:
+            for name, share in SHARES.items():
+                scored.scores = map_score(smooth, share, stride).numpy()
+                key = name if stride == 1 else f"{name}, stride {stride}"
+                row["image_auroc"][key] = round(float(compute_metrics(scored)["image_auroc"]), 4)
         if dataset.has_masks:
             scored.maps = list(smooth[:, 0].numpy())
             metrics = compute_metrics(scored)
@@ -93,6 +97,7 @@ def main() -> None:
     parser.add_argument("dataset")
     parser.add_argument("out")
     parser.add_argument("--counts", default="50,100,all", help="comma list of n_features (all = every channel)")
+    parser.add_argument("--strides", default="1", help="comma list of score_stride values each share is read at")
     parser.add_argument("--set", action="append", default=[], help="PadimConfig override, key=python literal")
     parser.add_argument("--threads", type=int, default=2)
     run(parser.parse_args())
