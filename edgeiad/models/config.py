@@ -142,10 +142,10 @@ class FeatureBankConfig(ModelConfig):
     # limit raises it where needed, models/_ops.py `score_stride`). 4 is half of a stride-8 patch cell, and the map
     # is that grid upsampled and smoothed with σ = 4 px, so the TopK reads 1/16 of the map for the same score: at
     # 384 × 384, PatchCore's 2 % is K = 185 of 9,216 values instead of 2,950 of 147,456 (ONNX Runtime, one thread:
-    # 1.80 → 0.08 ms for the TopK alone; the whole ELPV mono graph 36.9 → 35.1 ms). Re-scored on the six development
-    # sets, same fits, image AUROC mean at the stride before (1, or 2 where TensorRT's limit required it) → 4:
-    # PatchCore 0.8935 → 0.8942, PaDiM 0.8892 → 0.8897, ensemble 0.8967 → 0.8971; no set loses more than 0.0002
-    # (docs/quality-study.md, "Image score stride"). Runs fitted before this field read every pixel (LEGACY).
+    # 1.80 → 0.08 ms for the TopK alone; `Detector.predict` on an ELPV mono cell 36.9 → 35.1 ms). Re-scored on the
+    # six development sets, same fits, image AUROC mean at the stride before (1, or 2 where TensorRT's limit required
+    # it) → 4: PatchCore 0.8935 → 0.8942, PaDiM 0.8892 → 0.8897, ensemble 0.8967 → 0.8971; no set loses more than
+    # 0.0002 (docs/quality-study.md, "Image score stride"). Runs fitted before this field read every pixel (LEGACY).
     score_stride: int = 4
 
     LEGACY = {**ModelConfig.LEGACY, "score_stride": 1}
