@@ -32,15 +32,18 @@ def rescore(run: Path, strides: list[int], threads: int) -> dict:
     record, model = load_model(run)
     if not hasattr(model.config, "score_stride"):
         raise SystemExit(f"{run}: {model.config.model} has no map-share image score to re-read")
+    fitted = model.config.score_stride
+    if fitted not in strides:  # its score is what the others are swapped for
+        raise SystemExit(f"{run}: include the run's own score_stride {fitted} in --strides")
     dataset = run_dataset(record)
-    fitted, recorded, read = model.config.score_stride, {s: [] for s in strides}, {}
+    recorded, read = {s: [] for s in strides}, {}
     original = _ops.map_score
 
     def recording(anomaly_map, score_share=0.0, stride=1):
         for wanted in strides:
             recorded[wanted].append(original(anomaly_map, score_share, wanted))
             read[wanted] = _ops.score_stride(tuple(anomaly_map.shape[-2:]), score_share, wanted) if score_share else 1
-        return original(anomaly_map, score_share, stride)
+        return recorded[stride][-1]  # the run's own stride, computed above
 
     started = time.perf_counter()
     _ops.map_score = recording
@@ -49,10 +52,7 @@ def rescore(run: Path, strides: list[int], threads: int) -> dict:
     finally:
         _ops.map_score = original
     mains = {s: torch.cat(values).numpy() for s, values in recorded.items()}
-    base = mains[fitted] if fitted in mains else None
-    if base is None:
-        raise SystemExit(f"{run}: include the run's own score_stride {fitted} in --strides")
-    rest = scored.scores - base  # the coarse part (zero without it)
+    rest = scored.scores - mains[fitted]  # the coarse part (zero without it)
     result = {
         "run": str(run),
         "dataset": dataset.name,
