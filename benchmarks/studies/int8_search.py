@@ -29,8 +29,9 @@ import numpy as np
 MODES = ("exact", "dynamic", "static")
 
 
-def _quantized_search(mode: str, ranges: dict):
-    """`search(N×D×h×w block, bank rows, basis)` for PatchCore's `patch_scores`, with the cross term in `mode`."""
+def _quantized_search(mode: str, ranges: dict, steps: int = 127):
+    """`search(N×D×h×w block, bank rows, basis)` for PatchCore's `patch_scores`, with the cross term in `mode`; the
+    bank rows keep `steps` steps on each side of zero (127: int8; 64: ONNX Runtime's 7-bit `reduce_range`)."""
     import torch
 
     from edgeiad.models.patchcore.projection import project
@@ -52,7 +53,7 @@ def _quantized_search(mode: str, ranges: dict):
             scale = (high - low) / 255
             zero = round(-low / scale)
             levels = (torch.round(queries / scale) + zero).clamp(0, 255) - zero  # clipped to the range
-            bank_scale = rows.abs().max() / 127
+            bank_scale = rows.abs().max() / steps
             cross = (levels @ torch.round(rows / bank_scale).T) * (scale * bank_scale)
         squared = (queries * queries).sum(-1, keepdim=True) + (rows * rows).sum(-1)[None] - 2 * cross
         return torch.sqrt(squared.min(dim=1).values.clamp(min=0)).reshape(count, 1, height, width)
@@ -106,7 +107,7 @@ def auroc(args) -> None:
             for batch in read_batches(dataset.train[:32], preprocessing, 8):
                 model.patch_scores(model.embed(torch.from_numpy(batch.images)), model.memory_bank,
                                    _quantized_search("calibrate", ranges))  # fmt: skip
-        searches = {mode: _quantized_search(mode, ranges) for mode in MODES}
+        searches = {mode: _quantized_search(mode, ranges, args.levels) for mode in MODES}
         extra = {mode: ([], []) for mode in MODES[1:]}
         infer = _scorer(model, searches, extra)
         started = time.perf_counter()
@@ -231,6 +232,7 @@ def main() -> None:
     one = sub.add_parser("auroc")
     one.add_argument("runs", nargs="+", type=Path)
     one.add_argument("--threads", type=int, default=1)
+    one.add_argument("--levels", type=int, default=127, help="bank steps each side of 0: 127 int8, 64 7-bit")
     two = sub.add_parser("gemm")
     two.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
