@@ -71,25 +71,63 @@ def test_onnx_precisions_and_sidecar_stats(trained_runs, tmp_path, model, precis
     assert manifest["parity"]["passed"] is True
 
 
-def test_int8_quantizes_the_backbone_only(trained_runs, tmp_path):
+def test_int8_quantizes_the_backbone_and_the_search_cross_term_only(trained_runs, tmp_path):
+    """Beside the backbone, ONNX Runtime INT8 quantizes exactly PatchCore's lifted cross-term MatMuls (one per
+    region bank, models/patchcore/lifted.py): per-tensor weights, fp32 scores out, and ONNX Runtime fuses each
+    into one integer GEMM. Everything else after the backbone stays fp32."""
     import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
 
     artifact = export_run(trained_runs["patchcore"], "onnx", "int8", "baked", "1", out=tmp_path / "q")
     graph = onnx.load(str(artifact / "model.onnx")).graph
     producers = {out: node for node in graph.node for out in node.output}
-    quantized_inputs = {
-        node.op_type
-        for node in graph.node
-        for name in node.input
-        if name in producers and producers[name].op_type == "DequantizeLinear"
-    }
-    assert "Conv" in quantized_inputs
-    assert "MatMul" not in quantized_inputs and "ReduceMin" not in quantized_inputs
+    consumers = {name: node for node in graph.node for name in node.input}
+    initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+
+    def dequantized(name):
+        return name in producers and producers[name].op_type == "DequantizeLinear"
+
+    quantized_inputs = {node.op_type for node in graph.node for name in node.input if dequantized(name)}
+    assert "Conv" in quantized_inputs and "ReduceMin" not in quantized_inputs
+    matmuls = [node for node in graph.node if node.op_type == "MatMul" and any(map(dequantized, node.input))]
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    regions = len(manifest["model"]["config"]["region_rows"])
+    assert regions == 4 and len(matmuls) == regions == manifest["export"]["int8_search_matmuls"]
+    assert "search cross term" in manifest["export"]["int8"]
+    for index, node in enumerate(sorted(matmuls, key=lambda n: producers[n.input[1]].input[0])):
+        weight = producers[node.input[1]]
+        assert weight.input[0] == f"lifted_weight_{index}_quantized"
+        assert initializers[weight.input[1]].shape == ()  # one scale for the tensor: ORT fuses per-tensor only
+        assert consumers[node.output[0]].op_type == "Sub"  # |b|² − it, in fp32: the scores are not re-quantized
     assert _activation_zero_point_types(graph) == {onnx.TensorProto.UINT8}  # U8S8: ORT's fast x86 path
     # 7-bit weights: AVX2 CPUs without VNNI sum u8 x s8 pairs in saturating int16 (PatchCore lost 0.042 AUROC there).
     weights = _int8_weights(graph)
     assert weights and max(int(np.abs(w).max()) for w in weights) <= 64
     assert any(int(np.abs(w).max()) > 32 for w in weights)  # the 7-bit range is used, not a collapsed scale
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(artifact / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    fused = [n for n in onnx.load(options.optimized_model_filepath).graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert len(fused) == regions
+    assert manifest["parity"]["passed"] is True
+
+
+def test_int8_with_a_sidecar_bank_keeps_the_search_fp32(trained_runs, tmp_path):
+    """A sidecar bank is a graph input: its lifted rows cannot be constants, so only the backbone is INT8."""
+    import onnx
+
+    artifact = export_run(trained_runs["patchcore"], "onnx", "int8", "sidecar", "1", out=tmp_path / "s")
+    graph = onnx.load(str(artifact / "model.onnx")).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    assert not [
+        node for node in graph.node
+        if node.op_type == "MatMul" and any(producers.get(n) and producers[n].op_type == "DequantizeLinear"
+                                            for n in node.input)
+    ]  # fmt: skip
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["export"]["int8_search_matmuls"] == 0 and manifest["export"]["int8"].endswith("backbone only")
+    assert manifest["parity"]["passed"] is True
 
 
 def _int8_weights(graph) -> list:

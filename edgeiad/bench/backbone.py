@@ -61,7 +61,7 @@ def quantize_reference(run: Path, fp32_path: Path, target: str, dataset, out_dir
     import onnx
 
     from ..export import calibration_batch
-    from ..export.onnx import backbone_node_names, int8_fp32_scopes, quantize_backbone_int8
+    from ..export.onnx import backbone_node_names, int8_fp32_scopes, quantize_int8
 
     _record, model = load_model(run)
     calibration = calibration_batch(model, dataset)
@@ -78,7 +78,7 @@ def quantize_reference(run: Path, fp32_path: Path, target: str, dataset, out_dir
         return folder / "model.xml"
     path = out_dir / f"{fp32_path.stem}-int8.onnx"
     shutil.copyfile(fp32_path, path)
-    quantize_backbone_int8(path, calibration, quantized, {})
+    quantize_int8(path, calibration, quantized, {})
     return path
 
 

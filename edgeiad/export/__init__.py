@@ -151,10 +151,15 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
     """model.onnx first (every target starts from it), then the target's own conversion."""
     from edgeiad_runtime.safetensors_io import save_file
 
-    from .onnx import compress_fp16, export_onnx, int8_fp32_scopes, quantize_backbone_int8, stats_tensors
+    from .onnx import compress_fp16, export_onnx, int8_fp32_scopes, quantize_int8, stats_tensors
 
     onnx_path = staging / "model.onnx"
     arrays = stats_tensors(model, stats_dtype)
+    # ONNX Runtime INT8 also quantizes the bank search's cross term; the graph then reads each bank's lifted rows
+    # as constants (models/patchcore/lifted.py), which a sidecar bank, a graph input, cannot be.
+    search_weights = ()
+    if spec.name == "onnx" and precision == "int8" and stats == "baked" and hasattr(model, "lift_search"):
+        search_weights = tuple(model.lift_search())
     echo(f"exporting {model.config.model} to ONNX (stats {stats}, bank {stats_dtype}, batch {batch['mode']})")
     facts = export_onnx(model, onnx_path, batch, stats, stats_dtype)
     # INT8 leaves the backbone's first blocks in fp32 (BackboneSpec.int8_fp32_blocks): ONNX Runtime and TensorRT
@@ -168,9 +173,10 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
     if spec.name == "onnx" and precision == "fp16":
         facts.update(compress_fp16(onnx_path, keep=getattr(model, "exact_buffers", ())))
     if spec.name in ("onnx", "trt") and precision == "int8":
-        echo("quantizing the backbone to INT8 (the distance part stays fp32)")
+        part = "and the search's cross term " if search_weights else ""
+        echo(f"quantizing the backbone {part}to INT8 (the rest of the scoring stays fp32)")
         signed = spec.name == "trt"  # TensorRT's Q/DQ must be symmetric int8; ORT on x86 runs U8S8 fastest
-        facts.update(quantize_backbone_int8(onnx_path, calibration, int8_nodes, feeds, signed_activations=signed))
+        facts.update(quantize_int8(onnx_path, calibration, int8_nodes, feeds, signed, search_weights))
         facts["int8_kept_fp32"] = list(int8_fp32_scopes(model))
     if spec.name == "openvino":
         fp32_prefix = sorted(set(backbone_nodes) - set(int8_nodes))

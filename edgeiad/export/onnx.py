@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, require, require_torch
+from ..errors import ArtifactError, ConfigError, require, require_torch
 from ..quiet import silenced
 
 OPSET = 18
@@ -172,10 +172,16 @@ def compress_fp16(path: Path, keep: tuple[str, ...] = ()) -> dict:
     return {"fp16_weights": len(converted), "compute": "fp32 on CPU execution providers; fp16 on GPU/TensorRT"}
 
 
-def quantize_backbone_int8(
-    path: Path, calibration: np.ndarray, backbone_nodes: list[str], extra_feeds: dict, signed_activations: bool = False
+def quantize_int8(
+    path: Path,
+    calibration: np.ndarray,
+    backbone_nodes: list[str],
+    extra_feeds: dict,
+    signed_activations: bool = False,
+    search_weights: tuple[str, ...] = (),
 ) -> dict:
-    """Static QDQ INT8 of the backbone only; the distance part stays fp32 (quantizing it collapses AUROC).
+    """Static QDQ INT8 of the backbone and, when the model lifted its search (`search_weights`, the names of its W
+    constants: models/patchcore/lifted.py), of the search's cross-term MatMuls; everything else stays fp32.
 
     Activations are uint8 (asymmetric) and weights int8 (symmetric, per channel): U8S8 is the pair ONNX
     Runtime's x86 kernels run on VNNI. The earlier S8S8 (int8 activations) made the Lite0 backbone at 384 px
@@ -183,12 +189,16 @@ def quantize_backbone_int8(
     (12.8 ms), with the same embedding error against fp32 (mean relative 0.32 for both). The QOperator format
     measured the same as QDQ (13.3 ms), so QDQ stays: it is what TensorRT and OpenVINO read too.
     `signed_activations` keeps symmetric int8 activations for TensorRT, which accepts only zero-point 0.
+
+    The search's W gets one scale for the whole tensor: ONNX Runtime fuses per-tensor QDQ MatMuls into one integer
+    GEMM (MatMulIntegerToFloat), and leaves per-column ones as a dequantize and an fp32 MatMul, slower than fp32.
     """
     quantization = require("onnxruntime.quantization", "train")
     if len(calibration) == 0:
         raise ConfigError("INT8 export needs calibration images: the run's training set is empty or unreadable")
     if not backbone_nodes:
         raise ConfigError("INT8: could not find the backbone nodes in the ONNX graph; export fp32 or fp16 instead")
+    search_nodes, weights = search_matmuls(path, search_weights)
 
     class Reader(quantization.CalibrationDataReader):
         def __init__(self) -> None:
@@ -211,7 +221,7 @@ def quantize_backbone_int8(
             quant_format=quantization.QuantFormat.QDQ,
             activation_type=quantization.QuantType.QInt8 if signed_activations else quantization.QuantType.QUInt8,
             weight_type=quantization.QuantType.QInt8,
-            nodes_to_quantize=backbone_nodes,
+            nodes_to_quantize=[*backbone_nodes, *search_nodes],
             per_channel=True,
             # 7-bit weights: x86 CPUs without VNNI (AVX2) multiply u8 x s8 pairs into saturating int16 sums; with
             # 8-bit weights that saturation cost PatchCore 0.042 AUROC on an AVX2-only EPYC (0.9015 -> 0.8593),
@@ -219,13 +229,49 @@ def quantize_backbone_int8(
             # saturate.
             reduce_range=not signed_activations,
             calibrate_method=quantization.CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": signed_activations, "WeightSymmetric": True},
+            extra_options={
+                "ActivationSymmetric": signed_activations,
+                "WeightSymmetric": True,
+                # The search's scores leave its MatMul in fp32: a quantized output would round every distance
+                # to one of 256 steps. (The backbone has no MatMul.)
+                "OpTypesToExcludeOutputQuantization": ["MatMul"],
+                # An override without "axis" makes a weight per-tensor beside the backbone's per-channel ones.
+                "TensorQuantOverrides": {
+                    name: [{"quant_type": quantization.QuantType.QInt8, "symmetric": True}] for name in weights
+                },
+            },
         )
     finally:
         source.unlink(missing_ok=True)
+    quantized = "backbone and search cross term (per-tensor weights)" if search_nodes else "backbone only"
     return {
         "int8": f"static QDQ {'S8S8' if signed_activations else 'U8S8'} (int8 per-channel weights"
-        f"{'' if signed_activations else ', 7-bit range'}), backbone only",
+        f"{'' if signed_activations else ', 7-bit range'}), {quantized}",
         "calibration_images": len(calibration),
-        "quantized_nodes": len(backbone_nodes),
+        "quantized_nodes": len(backbone_nodes) + len(search_nodes),
+        "int8_search_matmuls": len(search_nodes),
     }
+
+
+def search_matmuls(path: Path, weights: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(MatMul node names, initializer names) of the lifted search's cross terms: the MatMuls that read one of
+    the `weights` constants (named as the buffers, at any module depth). Every weight must be found, once."""
+    if not weights:
+        return [], []
+    onnx = require("onnx", "train")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}
+
+    def weight_of(name: str) -> str | None:
+        return next((w for w in weights if name in initializers and (name == w or name.endswith("." + w))), None)
+
+    found = {}
+    for node in graph.node:
+        if node.op_type == "MatMul" and len(node.input) == 2 and (weight := weight_of(node.input[1])):
+            found.setdefault(weight, []).append((node.name, node.input[1]))
+    if sorted(found) != sorted(weights) or any(len(pairs) != 1 for pairs in found.values()):
+        raise ArtifactError(
+            f"INT8: the lifted search's constants {sorted(weights)} are not each read by one MatMul in the ONNX "
+            f"graph (found {sorted(found)}): report this model; export fp32 meanwhile"
+        )
+    return [pairs[0][0] for pairs in found.values()], [pairs[0][1] for pairs in found.values()]

@@ -10,6 +10,7 @@ from ..backbones import FeatureExtractor
 from ..config import FeatureBankConfig
 from ..padim.torch_model import check_n_features, mahalanobis_distances, random_channels
 from ..patchcore.coarse import CoarseScoring, fused_score
+from ..patchcore.lifted import LiftedSearch, lifted_distances
 from ..patchcore.projection import check_search_dim
 from ..patchcore.torch_model import (
     bank_distances,
@@ -70,7 +71,7 @@ class EnsembleConfig(FeatureBankConfig):
             raise ConfigError("calibration_share must be in (0, 1), calibration_quantile in (0.5, 1): e.g. 0.1, 0.995")
 
 
-class EnsembleModel(MapScoring, CoarseScoring, nn.Module):
+class EnsembleModel(MapScoring, CoarseScoring, LiftedSearch, nn.Module):
     """image → anomaly_map, pred_score: the mean of PatchCore's and PaDiM's calibrated patch scores.
 
     `calibration` (2×2: per member, the held-out good patches' median and quantile − median) puts a kNN distance
@@ -151,8 +152,10 @@ class EnsembleModel(MapScoring, CoarseScoring, nn.Module):
         given = {name: getattr(self, name) for name in self.stats_names} | dict(zip(self.stats_names, stats))
         features = self.feature_extractor(image)
         local, plain = self.embed(image, features)
-        bases = self.bases(given.get("search_basis"))
-        nearest = bank_distances(local, given["memory_bank"], self.config, nearest_distances, bases)
+        search, bases = nearest_distances, self.bases(given.get("search_basis"))
+        if self.lifted:  # lift_search() ran (patchcore/lifted.py): the graph reads each bank's lifted constants
+            search, bases = lifted_distances, self.lifted_banks()
+        nearest = bank_distances(local, given["memory_bank"], self.config, search, bases)
         mahalanobis = mahalanobis_distances(plain, given["mean"], given["inv_covariance"])
         anomaly_map, score = self.to_map(self.combine(nearest, mahalanobis, given["calibration"]))
         if self.coarse:

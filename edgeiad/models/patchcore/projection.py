@@ -97,9 +97,21 @@ def _residual(points, vectors):
 def project(queries, bank, basis):
     """(queries, rows) as points of k + 3 dimensions whose Euclidean distances are the projected search's:
     queries …×D, bank M×D, basis D×(k+2) from `principal_bases`."""
+    return lift_queries(queries, basis), lift_rows(bank.to(queries.dtype), basis)
+
+
+def lift_queries(queries, basis):
+    """The queries (…×D) as `project` lifts them, …×(k+3)."""
     basis = basis.to(queries.dtype)
     vectors, centre, gamma = basis[:, :-2], basis[:, -2], basis[0, -1]
-    return _lift(queries - centre, vectors, gamma, 2), _lift(bank.to(queries.dtype) - centre, vectors, gamma, 3)
+    return _lift(queries - centre, vectors, gamma, 2)
+
+
+def lift_rows(bank, basis):
+    """The bank's rows (M×D) as `project` lifts them, M×(k+3)."""
+    basis = basis.to(bank.dtype)
+    vectors, centre, gamma = basis[:, :-2], basis[:, -2], basis[0, -1]
+    return _lift(bank - centre, vectors, gamma, 3)
 
 
 def _lift(points, vectors, gamma, slot: int):

@@ -10,6 +10,7 @@ from .._robust import check_fraction
 from ..backbones import FeatureExtractor
 from ..config import FeatureBankConfig
 from .coarse import CoarseScoring, fused_score
+from .lifted import LiftedSearch, lifted_distances
 from .projection import check_search_dim, project
 from .regions import region_distances
 
@@ -144,7 +145,7 @@ def nearest_distances(embedding, memory_bank, basis=None):
     return scores.reshape(batch, 1, height, width)
 
 
-class PatchCoreModel(MapScoring, CoarseScoring, nn.Module):
+class PatchCoreModel(MapScoring, CoarseScoring, LiftedSearch, nn.Module):
     """image (N×3×H×W, normalised) → anomaly_map (N×1×H×W), pred_score (N).
 
     The memory bank is a buffer, so export bakes it as a constant; `forward(image, *stats)` takes the tensors named
@@ -202,7 +203,10 @@ class PatchCoreModel(MapScoring, CoarseScoring, nn.Module):
     def patch_scores(self, embedding, memory_bank, search=None, basis=None, sizes=None):
         """Nearest-neighbour distance of every patch to the bank, N×1×h×w: with region banks, to its own region's
         rows (`sizes` rows each, the fitted `region_rows` unless given); in the bank's principal subspace when the
-        model searches projected. `search(N×D×h×w, bank, basis)` is the graph-exportable one unless given."""
+        model searches projected. `search(N×D×h×w, bank, basis)` is the graph-exportable one unless given, or the
+        lifted one once `lift_search()` ran (lifted.py)."""
+        if search is None and self.lifted:
+            search, basis = lifted_distances, self.lifted_banks()
         if basis is None and self.projected:
             basis = self.search_basis
         return bank_distances(embedding, memory_bank, self.config, search or nearest_distances, basis, sizes)

@@ -1,0 +1,89 @@
+"""PatchCore's search with its banks lifted to constants (models/patchcore/lifted.py), which INT8 exports quantize."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="the lifted search needs the [train] extra")
+
+from edgeiad.errors import ArtifactError  # noqa: E402
+from edgeiad.models.patchcore.lifted import LiftedSearch, lifted_distances  # noqa: E402
+from edgeiad.models.patchcore.projection import principal_bases  # noqa: E402
+from edgeiad.models.patchcore.torch_model import bank_distances, chunked_distances, nearest_distances  # noqa: E402
+
+SIZES = [9, 14, 11, 7]
+
+
+class _Banks(LiftedSearch, torch.nn.Module):
+    """The attributes LiftedSearch reads, without a backbone."""
+
+    def __init__(self, bank, parts: int, bases=None) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(regions=parts, region_rows=SIZES if parts > 1 else [], region_margin=1)
+        self.register_buffer("memory_bank", bank)
+        self.projected = bases is not None
+        if self.projected:
+            self.register_buffer("search_basis", bases)
+
+
+@pytest.mark.parametrize("projected", [False, True], ids=["exact", "projected"])
+@pytest.mark.parametrize("parts", [1, 2], ids=["one bank", "2x2 regions"])
+def test_the_lifted_search_gives_the_graph_search(projected, parts):
+    generator = torch.Generator().manual_seed(3)
+    embedding, bank = torch.randn(2, 12, 10, 12, generator=generator), torch.randn(sum(SIZES), 12, generator=generator)
+    sizes = SIZES if parts > 1 else [sum(SIZES)]
+    bases = principal_bases(bank, sizes, 4) if projected else None
+    if projected:
+        bases[:, 0, -1] = 0.3  # γ, as `with_agreement` would set it
+    banks = _Banks(bank, parts, bases)
+    expected = bank_distances(embedding, bank, banks.config, nearest_distances, bases)
+    assert banks.lift_search() == [f"lifted_weight_{i}" for i in range(len(sizes))]
+    weights = [getattr(banks, f"lifted_weight_{i}") for i in range(len(sizes))]
+    assert [tuple(w.shape) for w in weights] == [((4 + 3) if projected else 12, rows) for rows in sizes]
+    lifted = bank_distances(embedding, bank, banks.config, lifted_distances, banks.lifted_banks())
+    torch.testing.assert_close(lifted, expected, rtol=1e-5, atol=1e-5)
+    eager = bank_distances(embedding, bank, banks.config, chunked_distances, bases)
+    torch.testing.assert_close(lifted, eager, rtol=1e-5, atol=1e-5)
+    # The lifted search reads its own constants, not the bank it is handed: the graph drops the bank.
+    zeros = bank_distances(embedding, torch.zeros_like(bank), banks.config, lifted_distances, banks.lifted_banks())
+    torch.testing.assert_close(zeros, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["patchcore", "ensemble"])
+def test_fitted_models_score_the_same_once_lifted(trained_runs, name):
+    from edgeiad.runs import load_model
+
+    _record, model = load_model(trained_runs[name])
+    image = torch.randn(2, 3, *model.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(image)
+        names = model.lift_search()
+        after = model(image)
+        eager = model.infer(image)  # eager evaluation keeps the chunked search over the bank
+    assert len(names) == len(model.config.region_rows) == 4
+    for one, two, three in zip(before, after, eager):
+        torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(three, one, rtol=1e-5, atol=1e-4)
+
+
+def test_search_matmuls_refuse_a_graph_that_does_not_read_each_constant_once(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeiad.export.onnx import search_matmuls
+
+    weight = numpy_helper.from_array(np.ones((3, 5), np.float32), "bases.0.lifted_weight_0")
+    nodes = [helper.make_node("MatMul", ["q", weight.name], ["s"], name="search_0")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("q", TensorProto.FLOAT, [4, 3])],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [4, 5])], [weight],
+    )  # fmt: skip
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert search_matmuls(path, ("lifted_weight_0",)) == (["search_0"], ["bases.0.lifted_weight_0"])
+    assert search_matmuls(path, ()) == ([], [])
+    with pytest.raises(ArtifactError, match=r"lifted_weight_1.*not each read by one MatMul.*export fp32"):
+        search_matmuls(path, ("lifted_weight_0", "lifted_weight_1"))
