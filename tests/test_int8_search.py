@@ -87,3 +87,47 @@ def test_search_matmuls_refuse_a_graph_that_does_not_read_each_constant_once(tmp
     assert search_matmuls(path, ()) == ([], [])
     with pytest.raises(ArtifactError, match=r"lifted_weight_1.*not each read by one MatMul.*export fp32"):
         search_matmuls(path, ("lifted_weight_0", "lifted_weight_1"))
+
+
+def test_openvino_int8_quantizes_the_search_cross_term_and_the_flag_keeps_it_fp32(trained_runs, tmp_path, capsys):
+    """OpenVINO INT8 takes the lifted MatMuls out of NNCF's ignored scope (and only those: the export refuses a
+    FakeQuantize on any other scoring op); `--no-int8-search` keeps the whole search fp32."""
+    import json
+
+    ov = pytest.importorskip("openvino", reason="OpenVINO export needs the [openvino] extra")
+    pytest.importorskip("nncf", reason="OpenVINO INT8 needs nncf (the [openvino] extra)")
+    from edgeiad.export import export_run
+
+    from .test_cli import run_cli
+
+    artifact = export_run(trained_runs["patchcore"], "openvino", "int8", "baked", "1", out=tmp_path / "ov")
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    int8 = manifest["export"]["openvino"]["int8"]
+    assert int8["search_matmuls"] == 4 and int8["method"].endswith("backbone and search cross term")
+    assert manifest["parity"]["passed"] is True
+    model = ov.Core().read_model(str(artifact / "model.xml"))
+
+    def source(op, index):
+        return op.input(index).get_source_output().get_node()
+
+    def int8_weight(op):  # saved IRs store FakeQuantized weights as an i8 Constant, a Convert and a scale Multiply
+        scale = source(op, 1)
+        convert = source(scale, 0) if scale.get_type_name() == "Multiply" else None
+        constant = source(convert, 0) if convert is not None and convert.get_type_name() == "Convert" else None
+        return constant is not None and constant.get_element_type() == ov.Type.i8
+
+    matmuls = [op for op in model.get_ops() if op.get_type_name() == "MatMul"]
+    quantized = [op for op in matmuls if source(op, 0).get_type_name() == "FakeQuantize" and int8_weight(op)]
+    assert len(quantized) == 4
+    assert not [op for op in matmuls if op not in quantized and source(op, 0).get_type_name() == "FakeQuantize"]
+    for op in quantized:  # the scores leave in float: |b|² is subtracted from them unquantized
+        consumers = [port.get_node().get_type_name() for port in op.output(0).get_target_inputs()]
+        assert consumers == ["Subtract"]
+
+    code, out, err = run_cli(
+        ["export", "--run", trained_runs["patchcore"], "--target", "openvino", "--precision", "int8", "--batch", "1",
+         "--no-int8-search", "--out", tmp_path / "plain"], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    plain = json.loads((tmp_path / "plain" / "manifest.json").read_text())["export"]["openvino"]["int8"]
+    assert plain["search_matmuls"] == 0 and plain["method"].endswith("backbone only")

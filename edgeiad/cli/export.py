@@ -55,6 +55,12 @@ def export(
     accept_drift: bool = typer.Option(
         False, "--accept-drift", help="fp16/int8 without labelled test images: write it even if verdicts flip"
     ),
+    int8_search: bool = typer.Option(
+        True,
+        "--int8-search/--no-int8-search",
+        help="int8 on onnx/openvino: also quantize PatchCore's nearest-neighbour search (its cross term); "
+        "--no-int8-search keeps the search fp32",
+    ),
     json_out: bool = typer.Option(False, "--json", help="print the manifest's parity block as JSON at the end"),
 ) -> None:
     """Export a trained run to an artifact folder (model + manifest.json [+ stats.safetensors])."""
@@ -69,7 +75,8 @@ def export(
     if profile:
         _say(f"profile {profile}: " + ", ".join(f"{k} {v}" for k, v in chosen.items() if v is not None))
     clock = _Clock()
-    options = {"out": out, "force": force, "stats_dtype": stats_dtype, "sign": sign, "accept_drift": accept_drift}
+    options = {"out": out, "force": force, "stats_dtype": stats_dtype, "sign": sign, "accept_drift": accept_drift,
+               "int8_search": int8_search}  # fmt: skip
     artifact = export_run(run, **chosen, **options, echo=clock.say)
     manifest = json.loads((artifact / "manifest.json").read_text())
     _report(artifact, manifest, profile, precision is not None)

@@ -45,11 +45,14 @@ def export_run(
     echo=None,
     sign: Path | None = None,
     accept_drift: bool = False,
+    int8_search: bool = True,
 ) -> Path:
     """Export a run to `out`; the artifact appears only once it passed its parity check (signed with `sign`).
 
     `accept_drift` writes a reduced-precision artifact even when it flips more good images' verdicts than
     the target allows (checked only without labelled test images); the manifest's parity block records it.
+    `int8_search` (INT8 to ONNX Runtime or OpenVINO, baked statistics) also quantizes PatchCore's search cross
+    term (models/patchcore/lifted.py); False keeps the search fp32 and quantizes the backbone only.
     """
     echo = echo or (lambda message: None)
     if sign is not None:
@@ -73,7 +76,8 @@ def export_run(
     dataset = run_dataset(record, data)
     started = time.perf_counter()
     with StagingDir(out) as staging:  # swapped in atomically: --force never leaves `out` missing
-        facts = _write_model_files(staging, spec, model, precision, stats, stats_dtype, batch_info, dataset, echo)
+        lift = int8_search and precision == "int8" and stats == "baked" and spec.name in ("onnx", "openvino")
+        facts = _write_model_files(staging, spec, model, precision, stats, stats_dtype, batch_info, dataset, echo, lift)
         manifest = _manifest(record, model, spec, precision, stats, stats_dtype, batch_info, facts, Path(run))
         _write(staging, manifest)  # the runtime verifies it when the parity check loads the artifact
         echo("checking parity against eager PyTorch")
@@ -147,18 +151,20 @@ def calibration_batch(model, dataset) -> np.ndarray:
     return np.concatenate(arrays)
 
 
-def _write_model_files(staging, spec: Target, model, precision, stats, stats_dtype, batch, dataset, echo) -> dict:
+def _write_model_files(staging, spec: Target, model, precision, stats, stats_dtype, batch, dataset, echo,
+                       lift=False) -> dict:  # fmt: skip
     """model.onnx first (every target starts from it), then the target's own conversion."""
     from edgeiad_runtime.safetensors_io import save_file
 
-    from .onnx import compress_fp16, export_onnx, int8_fp32_scopes, quantize_int8, stats_tensors
+    from .onnx import compress_fp16, export_onnx, int8_fp32_scopes, quantize_int8, search_matmuls, stats_tensors
 
     onnx_path = staging / "model.onnx"
     arrays = stats_tensors(model, stats_dtype)
-    # ONNX Runtime INT8 also quantizes the bank search's cross term; the graph then reads each bank's lifted rows
-    # as constants (models/patchcore/lifted.py), which a sidecar bank, a graph input, cannot be.
+    # `lift`: INT8 for ONNX Runtime or OpenVINO that also quantizes the bank search's cross term. The graph then
+    # reads each bank's lifted rows as constants (models/patchcore/lifted.py), which a sidecar bank (a graph input)
+    # cannot be. TensorRT keeps the search fp32: its INT8 search is unmeasured (no GPU here).
     search_weights = ()
-    if spec.name == "onnx" and precision == "int8" and stats == "baked" and hasattr(model, "lift_search"):
+    if lift and hasattr(model, "lift_search"):
         search_weights = tuple(model.lift_search())
     echo(f"exporting {model.config.model} to ONNX (stats {stats}, bank {stats_dtype}, batch {batch['mode']})")
     facts = export_onnx(model, onnx_path, batch, stats, stats_dtype)
@@ -180,8 +186,9 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
         facts["int8_kept_fp32"] = list(int8_fp32_scopes(model))
     if spec.name == "openvino":
         fp32_prefix = sorted(set(backbone_nodes) - set(int8_nodes))
+        search_nodes, _weights = search_matmuls(onnx_path, search_weights)
         facts["openvino"] = _to_openvino(
-            onnx_path, staging, precision, calibration, backbone_nodes, feeds, echo, fp32_prefix
+            onnx_path, staging, precision, calibration, backbone_nodes, feeds, echo, fp32_prefix, search_nodes
         )
         if precision == "int8":
             facts["int8_kept_fp32"] = list(int8_fp32_scopes(model))
@@ -194,7 +201,7 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
 
 
 def _to_openvino(onnx_path: Path, staging: Path, precision, calibration, backbone_nodes, feeds, echo,
-                 fp32_prefix=()) -> dict:  # fmt: skip
+                 fp32_prefix=(), search_nodes=()) -> dict:  # fmt: skip
     import onnx
 
     from .openvino import convert_to_openvino
@@ -204,8 +211,9 @@ def _to_openvino(onnx_path: Path, staging: Path, precision, calibration, backbon
     backbone = set(backbone_nodes)
     scoring = [node.name for node in graph.node if node.name not in backbone]
     info = convert_to_openvino(
-        onnx_path, staging, precision, calibration, scoring, stats=feeds or None, fp32_nodes=list(fp32_prefix)
-    )
+        onnx_path, staging, precision, calibration, scoring, stats=feeds or None, fp32_nodes=list(fp32_prefix),
+        int8_scoring_nodes=list(search_nodes),
+    )  # fmt: skip
     onnx_path.unlink()
     onnx_path.with_name(onnx_path.name + ".data").unlink(missing_ok=True)
     return info

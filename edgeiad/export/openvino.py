@@ -1,4 +1,4 @@
-"""ONNX → OpenVINO IR (fp32, fp16 weights, or NNCF INT8 of the backbone only) and the scoring/backbone split.
+"""ONNX → OpenVINO IR (fp32, fp16 weights, or NNCF INT8 of the backbone [and search]) and the scoring/backbone split.
 
 The split is shared with the TensorRT builder: every node that does not feed a backbone convolution is
 "scoring" (kNN / Mahalanobis distance, upsampling, blur, max) and must stay in float, because quantizing
@@ -98,8 +98,10 @@ def convert_to_openvino(
     scoring_nodes: list[str] | None = None,
     stats: dict[str, np.ndarray] | None = None,
     fp32_nodes: list[str] | None = None,
+    int8_scoring_nodes: list[str] | None = None,
 ) -> dict:
-    """Write out_dir/model.xml + model.bin from an ONNX file; INT8 quantizes the backbone only.
+    """Write out_dir/model.xml + model.bin from an ONNX file; INT8 quantizes the backbone (and the scoring MatMuls
+    named in `int8_scoring_nodes`: PatchCore's lifted search, models/patchcore/lifted.py).
 
     `scoring_nodes` are ONNX node (or output tensor) names of the scoring part; without them the split is
     found from the graph (see partition_scoring). `stats` feeds sidecar inputs during calibration; zeros
@@ -120,7 +122,8 @@ def convert_to_openvino(
     if nncf is not None:
         seeds = _seeds_from_onnx(onnx_path, scoring_nodes) if scoring_nodes is not None else None
         prefix = _seeds_from_onnx(onnx_path, fp32_nodes) if fp32_nodes else set()
-        model, int8 = quantize_backbone(model, np.asarray(calibration, np.float32), seeds, stats, prefix)
+        search = _seeds_from_onnx(onnx_path, int8_scoring_nodes) if int8_scoring_nodes else set()
+        model, int8 = quantize_backbone(model, np.asarray(calibration, np.float32), seeds, stats, prefix, search)
     _save_atomic(ov, model, Path(out_dir), compress_to_fp16=(precision == "fp16"))
     return {
         "precision_hint": hint,
@@ -215,12 +218,15 @@ def quantize_backbone(
     seed_tensors: set[str] | None = None,
     stats: dict[str, np.ndarray] | None = None,
     fp32_tensors: set[str] = frozenset(),
+    search_tensors: set[str] = frozenset(),
 ) -> tuple[object, dict]:
-    """NNCF post-training INT8 with the whole scoring part, and the float prefix that produces `fp32_tensors`, in
-    the ignored scope; returns (model, facts)."""
+    """NNCF post-training INT8 with the scoring part, and the float prefix that produces `fp32_tensors`, in the
+    ignored scope; the MatMuls that produce `search_tensors` (the lifted search's cross terms) are taken out of
+    it and quantized. Returns (model, facts)."""
     nncf = require("nncf", EXTRA)
     prefix = prefix_ops(model, set(fp32_tensors))
-    ignored = scoring_ops(model, seed_tensors) | prefix
+    search = matmul_ops(model, set(search_tensors))
+    ignored = (scoring_ops(model, seed_tensors) - search) | prefix
     items = _calibration_items(model, calibration, stats or {})
     quiet, level = logging.getLogger("nncf"), logging.getLogger("nncf").level
     quiet.setLevel(logging.WARNING)  # NNCF logs every ignored node at INFO: noise in the export output
@@ -240,7 +246,9 @@ def quantize_backbone(
     if leaks:
         raise ArtifactError(f"NNCF quantized inputs of the scoring part ({leaks[:3]}): refusing an INT8 IR")
     return quantized, {
-        "method": "nncf post-training, preset performance, backbone only",
+        "method": "nncf post-training, preset performance, "
+        + ("backbone and search cross term" if search else "backbone only"),
+        "search_matmuls": len(search),
         "nncf": nncf.__version__,
         "calibration_images": int(len(calibration)),
         "subset_size": len(items),
@@ -249,6 +257,21 @@ def quantize_backbone(
         "fake_quantize": sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops()),
         "scoring_from": "caller" if seed_tensors is not None else "graph",
     }
+
+
+def matmul_ops(model, tensors: set[str]) -> set[str]:
+    """Friendly names of the MatMul ops that produce one of these ONNX tensors; each tensor must have one."""
+    if not tensors:
+        return set()
+    _nodes, _stats, names = openvino_graph(model)
+    kinds = {op.get_friendly_name(): op.get_type_name() for op in model.get_ops()}
+    found = {name for name, produced in names.items() if produced & tensors and kinds[name] in _OV_MATMUL}
+    if len(found) != len(tensors):
+        raise ArtifactError(
+            f"OpenVINO: {len(tensors)} search MatMuls to quantize, {len(found)} found in the converted model: "
+            "report this model; export fp32 meanwhile"
+        )
+    return found
 
 
 def quantized_scoring_inputs(model, scoring: set[str]) -> list[str]:
