@@ -1,7 +1,10 @@
 """Offline study (#20): PatchCore's region search GEMM in INT8, before any graph work.
 
-The INT8 artifacts quantize the backbone only; the search stays fp32 and is now more than half of an INT8 PatchCore
-call. The graph's search is one GEMM per region of the lifted queries (projection.py) against an augmented bank
+It was run when the INT8 artifacts quantized the backbone only, and led to the lifted search that ONNX Runtime and
+OpenVINO INT8 exports now quantize (models/patchcore/lifted.py); benchmarks/studies/int8_exports.py measures the
+exported artifacts.
+
+The graph's search is one GEMM per region of the lifted queries (projection.py) against an augmented bank
 [−2b, |b|²]: per-channel or per-tensor weight scales of that matrix are set by the |b|² column, which is why
 quantizing "the distance part" collapsed AUROC. This study keeps |q|² and |b|² in fp32 and quantizes only the cross
 term q·b, the way an INT8 graph would compute it:
