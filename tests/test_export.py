@@ -73,8 +73,8 @@ def test_onnx_precisions_and_sidecar_stats(trained_runs, tmp_path, model, precis
 
 def test_int8_quantizes_the_backbone_and_the_search_cross_term_only(trained_runs, tmp_path):
     """Beside the backbone, ONNX Runtime INT8 quantizes exactly PatchCore's lifted cross-term MatMuls (one per
-    region bank, models/patchcore/lifted.py): per-tensor weights, fp32 scores out, and ONNX Runtime fuses each
-    into one integer GEMM. Everything else after the backbone stays fp32."""
+    region bank and one for the coarse bank, models/patchcore/lifted.py): per-tensor weights, fp32 scores out, and
+    ONNX Runtime fuses each into one integer GEMM. Everything else after the backbone stays fp32."""
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
@@ -92,13 +92,13 @@ def test_int8_quantizes_the_backbone_and_the_search_cross_term_only(trained_runs
     assert "Conv" in quantized_inputs and "ReduceMin" not in quantized_inputs
     matmuls = [node for node in graph.node if node.op_type == "MatMul" and any(map(dequantized, node.input))]
     manifest = json.loads((artifact / "manifest.json").read_text())
-    regions = len(manifest["model"]["config"]["region_rows"])
-    assert regions == 4 and len(matmuls) == regions == manifest["export"]["int8_search_matmuls"]
+    searches = [*range(len(manifest["model"]["config"]["region_rows"])), "coarse"]  # 4 region banks, coarse bank
+    assert len(searches) == 5 and len(matmuls) == 5 == manifest["export"]["int8_search_matmuls"]
     assert "search cross term" in manifest["export"]["int8"]
-    for index, node in enumerate(sorted(matmuls, key=lambda n: producers[n.input[1]].input[0])):
-        weight = producers[node.input[1]]
-        assert weight.input[0] == f"lifted_weight_{index}_quantized"
-        assert initializers[weight.input[1]].shape == ()  # one scale for the tensor: ORT fuses per-tensor only
+    weights = {producers[node.input[1]].input[0] for node in matmuls}
+    assert weights == {f"lifted_weight_{search}_quantized" for search in searches}
+    for node in matmuls:
+        assert initializers[producers[node.input[1]].input[1]].shape == ()  # per tensor: ORT fuses only that
         assert consumers[node.output[0]].op_type == "Sub"  # |b|² − it, in fp32: the scores are not re-quantized
     assert _activation_zero_point_types(graph) == {onnx.TensorProto.UINT8}  # U8S8: ORT's fast x86 path
     # 7-bit weights: AVX2 CPUs without VNNI sum u8 x s8 pairs in saturating int16 (PatchCore lost 0.042 AUROC there).
@@ -109,7 +109,7 @@ def test_int8_quantizes_the_backbone_and_the_search_cross_term_only(trained_runs
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(artifact / "model.onnx"), options, providers=["CPUExecutionProvider"])
     fused = [n for n in onnx.load(options.optimized_model_filepath).graph.node if n.op_type == "MatMulIntegerToFloat"]
-    assert len(fused) == regions
+    assert len(fused) == len(searches)
     assert manifest["parity"]["passed"] is True
 
 

@@ -62,7 +62,7 @@ def test_fitted_models_score_the_same_once_lifted(trained_runs, name):
         names = model.lift_search()
         after = model(image)
         eager = model.infer(image)  # eager evaluation keeps the chunked search over the bank
-    assert len(names) == len(model.config.region_rows) == 4
+    assert names == [*(f"lifted_weight_{i}" for i in range(4)), "lifted_weight_coarse"]  # 2 × 2 regions, coarse
     for one, two, three in zip(before, after, eager):
         torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(three, one, rtol=1e-5, atol=1e-4)
@@ -90,8 +90,9 @@ def test_search_matmuls_refuse_a_graph_that_does_not_read_each_constant_once(tmp
 
 
 def test_openvino_int8_quantizes_the_search_cross_term_and_the_flag_keeps_it_fp32(trained_runs, tmp_path, capsys):
-    """OpenVINO INT8 takes the lifted MatMuls out of NNCF's ignored scope (and only those: the export refuses a
-    FakeQuantize on any other scoring op); `--no-int8-search` keeps the whole search fp32."""
+    """OpenVINO INT8 takes the lifted MatMuls (4 region banks, the coarse bank) out of NNCF's ignored scope, and
+    only those: the export refuses a FakeQuantize on any other scoring op. `--no-int8-search` keeps the whole
+    search fp32."""
     import json
 
     ov = pytest.importorskip("openvino", reason="OpenVINO export needs the [openvino] extra")
@@ -103,7 +104,7 @@ def test_openvino_int8_quantizes_the_search_cross_term_and_the_flag_keeps_it_fp3
     artifact = export_run(trained_runs["patchcore"], "openvino", "int8", "baked", "1", out=tmp_path / "ov")
     manifest = json.loads((artifact / "manifest.json").read_text())
     int8 = manifest["export"]["openvino"]["int8"]
-    assert int8["search_matmuls"] == 4 and int8["method"].endswith("backbone and search cross term")
+    assert int8["search_matmuls"] == 5 and int8["method"].endswith("backbone and search cross term")
     assert manifest["parity"]["passed"] is True
     model = ov.Core().read_model(str(artifact / "model.xml"))
 
@@ -118,7 +119,7 @@ def test_openvino_int8_quantizes_the_search_cross_term_and_the_flag_keeps_it_fp3
 
     matmuls = [op for op in model.get_ops() if op.get_type_name() == "MatMul"]
     quantized = [op for op in matmuls if source(op, 0).get_type_name() == "FakeQuantize" and int8_weight(op)]
-    assert len(quantized) == 4
+    assert len(quantized) == 5  # 4 region banks and the coarse bank
     assert not [op for op in matmuls if op not in quantized and source(op, 0).get_type_name() == "FakeQuantize"]
     for op in quantized:  # the scores leave in float: |b|² is subtracted from them unquantized
         consumers = [port.get_node().get_type_name() for port in op.output(0).get_target_inputs()]

@@ -159,7 +159,7 @@ class EnsembleModel(MapScoring, CoarseScoring, LiftedSearch, nn.Module):
         mahalanobis = mahalanobis_distances(plain, given["mean"], given["inv_covariance"])
         anomaly_map, score = self.to_map(self.combine(nearest, mahalanobis, given["calibration"]))
         if self.coarse:
-            coarse = self.coarse_scores(features, given["coarse_bank"], nearest_distances)
+            coarse = self.coarse_scores(features, given["coarse_bank"], self.coarse_search(nearest_distances))
             score = fused_score(score, coarse, given["coarse_calibration"])
         return anomaly_map, score
 

@@ -15,6 +15,9 @@ GEMM (MatMulIntegerToFloat); per-column scales are not fused and ran slower than
 Measured offline on the six development sets (benchmarks/studies/int8_search.py), no set's image AUROC moved by
 more than 0.0012; one region's GEMM + min took 0.51× its fp32 time (docs/speed.md, "The search in INT8").
 
+The coarse image score's search (coarse.py: the stride-32 block's features against the coarse bank, exact, no
+projection) is lifted the same way, as one more W and n.
+
 fp32 exports keep `min_euclidean`'s single GEMM: the split form adds a pass over the score matrix, which only pays
 when the GEMM itself gets cheaper.
 """
@@ -28,6 +31,7 @@ torch = require_torch()
 
 WEIGHT = "lifted_weight_"  # buffer (and ONNX initializer) name prefix of W, one per bank, numbered in region order
 NORMS = "lifted_norms_"
+COARSE = "coarse"  # suffix of the coarse bank's W and n
 
 
 def lifted_distances(embedding, _bank, lifted):
@@ -53,16 +57,31 @@ class LiftedSearch:
 
     @torch.no_grad()
     def lift_search(self) -> list[str]:
-        """Store every bank's W and n as buffers (`lifted_weight_i`, `lifted_norms_i`) that the graph reads from
-        now on instead of the bank, and return the W names (what an INT8 export quantizes). Only for baked
-        statistics: a sidecar bank is a graph input and cannot be lifted ahead of time."""
+        """Store every bank's W and n as buffers (`lifted_weight_i`, `lifted_norms_i`; `…_coarse` for the coarse
+        bank when the model has the coarse score) that the graph reads from now on instead of the banks, and return
+        the W names (what an INT8 export quantizes). Only for baked statistics: a sidecar bank is a graph input and
+        cannot be lifted ahead of time."""
         sizes = self.config.region_rows if self.config.regions > 1 else [self.memory_bank.shape[0]]
         for index, rows in enumerate(self.memory_bank.split(list(sizes))):
-            lifted = lift_rows(rows, self.search_basis[index]) if self.projected else rows
-            self.register_buffer(f"{WEIGHT}{index}", (2.0 * lifted).T.contiguous())
-            self.register_buffer(f"{NORMS}{index}", (lifted * lifted).sum(dim=1))
+            self._lift(str(index), lift_rows(rows, self.search_basis[index]) if self.projected else rows)
         self.lifted = len(sizes)
-        return [f"{WEIGHT}{index}" for index in range(self.lifted)]
+        names = [f"{WEIGHT}{index}" for index in range(self.lifted)]
+        if getattr(self, "coarse", False):  # the coarse score's search (coarse.py), exact in the block's channels
+            self._lift(COARSE, self.coarse_bank)
+            names.append(f"{WEIGHT}{COARSE}")
+        return names
+
+    def _lift(self, suffix: str, rows) -> None:
+        self.register_buffer(f"{WEIGHT}{suffix}", (2.0 * rows).T.contiguous())
+        self.register_buffer(f"{NORMS}{suffix}", (rows * rows).sum(dim=1))
+
+    def coarse_search(self, default):
+        """The coarse score's `search(features, bank)`: `default` (the graph's), or once lifted, one that reads the
+        coarse bank's lifted constants."""
+        if not self.lifted:
+            return default
+        constants = (None, getattr(self, f"{WEIGHT}{COARSE}"), getattr(self, f"{NORMS}{COARSE}"))
+        return lambda features, bank: lifted_distances(features, bank, constants)
 
     def lifted_banks(self) -> list[tuple]:
         """(basis or None, W, n) of every bank, in region order: the `bases` that `bank_distances` hands, one per

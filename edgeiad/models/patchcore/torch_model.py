@@ -226,7 +226,8 @@ class PatchCoreModel(MapScoring, CoarseScoring, LiftedSearch, nn.Module):
             self.patch_scores(self.embed(image, features), bank, basis=given.get("search_basis"))
         )
         if self.coarse:
-            coarse = self.coarse_scores(features, given.get("coarse_bank", self.coarse_bank), nearest_distances)
+            search = self.coarse_search(nearest_distances)
+            coarse = self.coarse_scores(features, given.get("coarse_bank", self.coarse_bank), search)
             score = fused_score(score, coarse, given.get("coarse_calibration", self.coarse_calibration))
         return anomaly_map, score
 
