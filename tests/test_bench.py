@@ -219,13 +219,21 @@ def test_int8_cases_are_timed_against_the_backbone_quantized_as_their_artifact(
     def count(nodes, kind):
         return sum(node == kind for node in nodes)
 
+    def search_matmuls(target):
+        export = json.loads((out / "artifacts" / f"patchcore-{target}-int8-baked" / "manifest.json").read_text())
+        export = export["export"]
+        return export["int8_search_matmuls"] if target == "onnx" else export["openvino"]["int8"]["search_matmuls"]
+
     # Quantized as the artifact is: the same backbone convolutions get int8 weights (the same DequantizeLinear /
-    # FakeQuantize count; the artifact's scoring part has none), the stem and first blocks none in either.
+    # FakeQuantize count, beside the artifact's INT8 search MatMuls: models/patchcore/lifted.py), the stem and
+    # first blocks none in either. The reference is the backbone alone: the search is what it is compared with.
     reference = [n.op_type for n in onnx.load(str(out / "backbones" / "patchcore-int8.onnx")).graph.node]
     artifact = [
         n.op_type for n in onnx.load(str(out / "artifacts" / "patchcore-onnx-int8-baked" / "model.onnx")).graph.node
     ]
-    assert count(reference, "DequantizeLinear") == count(artifact, "DequantizeLinear") > 0
+    assert search_matmuls("onnx") == 5  # 4 region banks and the coarse bank
+    # two DequantizeLinear per search MatMul: its lifted queries and its weights
+    assert count(reference, "DequantizeLinear") + 2 * 5 == count(artifact, "DequantizeLinear") > 10
     core = ov.Core()
     reference = [
         op.get_type_name()
@@ -235,7 +243,9 @@ def test_int8_cases_are_timed_against_the_backbone_quantized_as_their_artifact(
         op.get_type_name()
         for op in core.read_model(out / "artifacts" / "patchcore-openvino-int8-baked" / "model.xml").get_ops()
     ]
-    assert count(reference, "FakeQuantize") == count(artifact, "FakeQuantize") > 0
+    assert search_matmuls("openvino") == 5
+    # one FakeQuantize per search MatMul, on its lifted queries (the saved IR keeps weights as int8 constants)
+    assert count(reference, "FakeQuantize") + 5 == count(artifact, "FakeQuantize") > 5
     with open(out / "results.csv") as handle:
         assert all(row["e2e_over_fp32_backbone"] for row in csv.DictReader(handle))
 
