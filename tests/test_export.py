@@ -97,8 +97,15 @@ def test_int8_quantizes_the_backbone_and_the_search_cross_term_only(trained_runs
     assert "search cross term" in manifest["export"]["int8"]
     weights = {producers[node.input[1]].input[0] for node in matmuls}
     assert weights == {f"lifted_weight_{search}_quantized" for search in searches}
+    readers = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.name)
     for node in matmuls:
         assert initializers[producers[node.input[1]].input[1]].shape == ()  # per tensor: ORT fuses only that
+        # The rounded (and range-clipped) queries feed the MatMul alone: |q|² is computed from the fp32 tensors,
+        # so a query far outside the calibrated range keeps its whole distance.
+        assert readers[node.input[0]] == [node.name]
         assert consumers[node.output[0]].op_type == "Sub"  # |b|² − it, in fp32: the scores are not re-quantized
     assert _activation_zero_point_types(graph) == {onnx.TensorProto.UINT8}  # U8S8: ORT's fast x86 path
     # 7-bit weights: AVX2 CPUs without VNNI sum u8 x s8 pairs in saturating int16 (PatchCore lost 0.042 AUROC there).

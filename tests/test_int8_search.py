@@ -89,9 +89,9 @@ def test_search_matmuls_refuse_a_graph_that_does_not_read_each_constant_once(tmp
         search_matmuls(path, ("lifted_weight_0", "lifted_weight_1"))
 
 
-def test_openvino_int8_quantizes_the_search_cross_term_and_the_flag_keeps_it_fp32(trained_runs, tmp_path, capsys):
+def test_openvino_int8_quantizes_the_search_cross_term_and_scope_backbone_keeps_it_fp32(trained_runs, tmp_path, capsys):
     """OpenVINO INT8 takes the lifted MatMuls (4 region banks, the coarse bank) out of NNCF's ignored scope, and
-    only those: the export refuses a FakeQuantize on any other scoring op. `--no-int8-search` keeps the whole
+    only those: the export refuses a FakeQuantize on any other scoring op. `--int8-scope backbone` keeps the whole
     search fp32."""
     import json
 
@@ -124,11 +124,65 @@ def test_openvino_int8_quantizes_the_search_cross_term_and_the_flag_keeps_it_fp3
     for op in quantized:  # the scores leave in float: |b|² is subtracted from them unquantized
         consumers = [port.get_node().get_type_name() for port in op.output(0).get_target_inputs()]
         assert consumers == ["Subtract"]
+        # the rounded queries feed the MatMul alone (|q|² comes from the fp32 tensors)
+        assert [port.get_node().get_type_name() for port in source(op, 0).output(0).get_target_inputs()] == ["MatMul"]
 
     code, out, err = run_cli(
         ["export", "--run", trained_runs["patchcore"], "--target", "openvino", "--precision", "int8", "--batch", "1",
-         "--no-int8-search", "--out", tmp_path / "plain"], capsys,
+         "--int8-scope", "backbone", "--out", tmp_path / "plain"], capsys,
     )  # fmt: skip
     assert code == 0, err
     plain = json.loads((tmp_path / "plain" / "manifest.json").read_text())["export"]["openvino"]["int8"]
     assert plain["search_matmuls"] == 0 and plain["method"].endswith("backbone only")
+
+
+@pytest.mark.parametrize("target", ["onnx", "openvino"])
+def test_int8_scope_search_quantizes_the_search_beside_an_fp32_backbone(trained_runs, tmp_path, target):
+    import json
+
+    if target == "openvino":
+        pytest.importorskip("nncf", reason="OpenVINO INT8 needs nncf (the [openvino] extra)")
+    from edgeiad.export import export_run
+
+    artifact = export_run(
+        trained_runs["patchcore"], target, "int8", "baked", "1", out=tmp_path / "s", int8_scope="search"
+    )
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    export = manifest["export"]
+    assert export["int8_kept_fp32"] == ["feature_extractor"] and manifest["parity"]["passed"] is True
+    if target == "openvino":
+        int8 = export["openvino"]["int8"]
+        assert int8["method"].endswith("search cross term only, backbone fp32") and int8["search_matmuls"] == 5
+        assert int8["fake_quantize"] == 5  # one per search MatMul, on its queries; none in the backbone
+        return
+    import onnx
+
+    graph = onnx.load(str(artifact / "model.onnx")).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    readers = sorted(
+        node.op_type for node in graph.node for name in node.input
+        if name in producers and producers[name].op_type == "DequantizeLinear"
+    )  # fmt: skip
+    assert readers == ["MatMul"] * 10  # queries and weights of the 5 search MatMuls; no Conv reads an int8 weight
+    assert export["int8"].startswith("static QDQ U8S8") and "search cross term only" in export["int8"]
+
+
+@pytest.mark.parametrize(
+    ("model", "target", "precision", "stats", "scope", "message"),
+    [
+        ("patchcore", "onnx", "int8", "baked", "everything", r"int8-scope .everything. is invalid: use all"),
+        ("patchcore", "onnx", "fp32", "baked", "search", r"applies to --precision int8 only"),
+        ("padim", "onnx", "int8", "baked", "search", r"padim has no nearest-neighbour search.*--int8-scope all or"),
+        ("patchcore", "trt", "int8", "baked", "search", r"TensorRT keeps the search fp32"),
+        ("patchcore", "onnx", "int8", "sidecar", "search", r"sidecar bank is a graph input.*--stats baked"),
+    ],
+)
+def test_int8_scopes_that_cannot_be_honoured_are_refused_before_anything_is_written(
+    trained_runs, tmp_path, model, target, precision, stats, scope, message
+):
+    from edgeiad.errors import ConfigError
+    from edgeiad.export import export_run
+
+    with pytest.raises(ConfigError, match=message):
+        export_run(trained_runs[model], target, precision, stats, "1", out=tmp_path / "x", int8_scope=scope)
+    assert not (tmp_path / "x").exists()

@@ -1,11 +1,11 @@
 """Study (#20): what INT8 exports lose per development set, with the search fp32 and with its cross term in INT8.
 
 For each fitted run (e.g. a study's `cases/patchcore-default/*/run`) it exports fp32 ONNX as the reference, then
-INT8 for each target twice: `--no-int8-search` (backbone only) and the default (backbone and the search's cross
-term, models/patchcore/lifted.py). Each artifact scores the set's whole test split through the runtime; the table
-gives image AUROC / pixel AUROC / AUPRO@0.3 (where the set has masks) per set and the mean over the sets. An export
-its parity check refuses is reported with the reason. Results go to OUT/int8_exports.json as they come, and a
-rerun with the same OUT skips the cells it already has.
+INT8 for each target three ways: `--int8-scope backbone`, the default `all` (backbone and the search's cross term,
+models/patchcore/lifted.py) and `search` (the search alone, fp32 backbone). Each artifact scores the set's whole
+test split through the runtime; the table gives image AUROC / pixel AUROC / AUPRO@0.3 (where the set has masks)
+per set and the mean over the sets. An export its parity check refuses is reported with the reason. Results go to
+OUT/int8_exports.json as they come, and a rerun with the same OUT skips the cells it already has.
 
     python benchmarks/studies/int8_exports.py STUDY/cases/patchcore-default/*/run --targets onnx,openvino --out DIR
 """
@@ -18,7 +18,12 @@ import os
 import time
 from pathlib import Path
 
-VARIANTS = {"fp32": ("fp32", True), "int8 backbone": ("int8", False), "int8 backbone+search": ("int8", True)}
+VARIANTS = {
+    "fp32": ("fp32", "all"),
+    "int8 backbone": ("int8", "backbone"),
+    "int8 backbone+search": ("int8", "all"),
+    "int8 search": ("int8", "search"),
+}
 
 
 def _cells(targets: list[str]) -> list[tuple[str, str]]:
@@ -34,12 +39,12 @@ def _score(run: Path, target: str, variant: str, folder: Path, threads: int) -> 
     from edgeiad.export import export_run
     from edgeiad.runs import load_model, run_dataset
 
-    precision, search = VARIANTS[variant]
+    precision, scope = VARIANTS[variant]
     record, _model = load_model(run)
     dataset = run_dataset(record)
     started = time.perf_counter()
     try:
-        artifact = export_run(run, target, precision, out=folder, force=True, int8_search=search)
+        artifact = export_run(run, target, precision, out=folder, force=True, int8_scope=scope)
     except ArtifactError as exc:
         return {"refused": str(exc)}
     exported = time.perf_counter() - started

@@ -55,11 +55,11 @@ def export(
     accept_drift: bool = typer.Option(
         False, "--accept-drift", help="fp16/int8 without labelled test images: write it even if verdicts flip"
     ),
-    int8_search: bool = typer.Option(
-        True,
-        "--int8-search/--no-int8-search",
-        help="int8 on onnx/openvino: also quantize PatchCore's nearest-neighbour search (its cross term); "
-        "--no-int8-search keeps the search fp32",
+    int8_scope: str = typer.Option(
+        "all",
+        "--int8-scope",
+        help="int8: all (the backbone, and PatchCore's nearest-neighbour search on onnx/openvino with baked stats), "
+        "backbone (the search stays fp32), or search (the search alone, fp32 backbone)",
     ),
     json_out: bool = typer.Option(False, "--json", help="print the manifest's parity block as JSON at the end"),
 ) -> None:
@@ -76,7 +76,7 @@ def export(
         _say(f"profile {profile}: " + ", ".join(f"{k} {v}" for k, v in chosen.items() if v is not None))
     clock = _Clock()
     options = {"out": out, "force": force, "stats_dtype": stats_dtype, "sign": sign, "accept_drift": accept_drift,
-               "int8_search": int8_search}  # fmt: skip
+               "int8_scope": int8_scope}  # fmt: skip
     artifact = export_run(run, **chosen, **options, echo=clock.say)
     manifest = json.loads((artifact / "manifest.json").read_text())
     _report(artifact, manifest, profile, precision is not None)

@@ -45,14 +45,15 @@ def export_run(
     echo=None,
     sign: Path | None = None,
     accept_drift: bool = False,
-    int8_search: bool = True,
+    int8_scope: str = "all",
 ) -> Path:
     """Export a run to `out`; the artifact appears only once it passed its parity check (signed with `sign`).
 
     `accept_drift` writes a reduced-precision artifact even when it flips more good images' verdicts than
     the target allows (checked only without labelled test images); the manifest's parity block records it.
-    `int8_search` (INT8 to ONNX Runtime or OpenVINO, baked statistics) also quantizes PatchCore's search cross
-    term (models/patchcore/lifted.py); False keeps the search fp32 and quantizes the backbone only.
+    `int8_scope` says what INT8 quantizes: "all" (the backbone, and on ONNX Runtime and OpenVINO with baked
+    statistics PatchCore's search cross term, models/patchcore/lifted.py), "backbone", or "search" (the search
+    alone, beside an fp32 backbone).
     """
     echo = echo or (lambda message: None)
     if sign is not None:
@@ -65,6 +66,7 @@ def export_run(
         raise ConfigError(f"--stats-dtype {stats_dtype!r} is invalid: use fp32 or fp16")
     batch_info = parse_batch(batch)
     record, model = load_model(Path(run))
+    int8 = int8_plan(int8_scope, spec, precision, stats, model)
     if stats == "sidecar" and not model.stats_names:
         raise ConfigError(
             f"--stats sidecar: {model.config.model} has learned weights, no statistics a sidecar file could hold; "
@@ -76,8 +78,7 @@ def export_run(
     dataset = run_dataset(record, data)
     started = time.perf_counter()
     with StagingDir(out) as staging:  # swapped in atomically: --force never leaves `out` missing
-        lift = int8_search and precision == "int8" and stats == "baked" and spec.name in ("onnx", "openvino")
-        facts = _write_model_files(staging, spec, model, precision, stats, stats_dtype, batch_info, dataset, echo, lift)
+        facts = _write_model_files(staging, spec, model, precision, stats, stats_dtype, batch_info, dataset, echo, int8)
         manifest = _manifest(record, model, spec, precision, stats, stats_dtype, batch_info, facts, Path(run))
         _write(staging, manifest)  # the runtime verifies it when the parity check loads the artifact
         echo("checking parity against eager PyTorch")
@@ -89,6 +90,33 @@ def export_run(
         manifest["export_seconds"] = round(time.perf_counter() - started, 2)
         _write(staging, manifest, sign)
     return out
+
+
+INT8_SCOPES = ("all", "backbone", "search")
+
+
+def int8_plan(scope: str, spec: Target, precision: str, stats: str, model) -> dict:
+    """{"backbone": quantize the backbone, "search": quantize the lifted search} for `--int8-scope`, or a
+    ConfigError before anything is written when the scope cannot be honoured."""
+    if scope not in INT8_SCOPES:
+        raise ConfigError(f"--int8-scope {scope!r} is invalid: use {', '.join(INT8_SCOPES)}")
+    if precision != "int8":
+        if scope != "all":
+            raise ConfigError(f"--int8-scope {scope} applies to --precision int8 only: drop it, or export int8")
+        return {"backbone": False, "search": False}
+    name = model.config.model
+    why_not = (
+        f"{name} has no nearest-neighbour search to quantize (PatchCore and the ensemble have)"
+        if not hasattr(model, "lift_search")
+        else "TensorRT keeps the search fp32 (its INT8 search is unmeasured)"
+        if spec.name not in ("onnx", "openvino")
+        else "a sidecar bank is a graph input and cannot be lifted ahead of time: use --stats baked"
+        if stats != "baked"
+        else None
+    )
+    if scope == "search" and why_not:
+        raise ConfigError(f"--int8-scope search: {why_not}; use --int8-scope all or backbone")
+    return {"backbone": scope != "search", "search": scope != "backbone" and why_not is None}
 
 
 def _bounded_batch(batch_info: dict, given, model, echo) -> dict:
@@ -152,7 +180,7 @@ def calibration_batch(model, dataset) -> np.ndarray:
 
 
 def _write_model_files(staging, spec: Target, model, precision, stats, stats_dtype, batch, dataset, echo,
-                       lift=False) -> dict:  # fmt: skip
+                       int8=None) -> dict:  # fmt: skip
     """model.onnx first (every target starts from it), then the target's own conversion."""
     from edgeiad_runtime.safetensors_io import save_file
 
@@ -160,12 +188,11 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
 
     onnx_path = staging / "model.onnx"
     arrays = stats_tensors(model, stats_dtype)
-    # `lift`: INT8 for ONNX Runtime or OpenVINO that also quantizes the bank search's cross term. The graph then
-    # reads each bank's lifted rows as constants (models/patchcore/lifted.py), which a sidecar bank (a graph input)
-    # cannot be. TensorRT keeps the search fp32: its INT8 search is unmeasured (no GPU here).
-    search_weights = ()
-    if lift and hasattr(model, "lift_search"):
-        search_weights = tuple(model.lift_search())
+    # `int8` (int8_plan): what INT8 quantizes. For the search, the graph reads each bank's lifted rows as
+    # constants (models/patchcore/lifted.py), which a sidecar bank (a graph input) cannot be; TensorRT keeps the
+    # search fp32: its INT8 search is unmeasured (no GPU here).
+    int8 = int8 or {"backbone": precision == "int8", "search": False}
+    search_weights = tuple(model.lift_search()) if int8["search"] else ()
     echo(f"exporting {model.config.model} to ONNX (stats {stats}, bank {stats_dtype}, batch {batch['mode']})")
     facts = export_onnx(model, onnx_path, batch, stats, stats_dtype)
     # INT8 leaves the backbone's first blocks in fp32 (BackboneSpec.int8_fp32_blocks): ONNX Runtime and TensorRT
@@ -178,20 +205,23 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
     calibration = calibration_batch(model, dataset) if precision == "int8" else None
     if spec.name == "onnx" and precision == "fp16":
         facts.update(compress_fp16(onnx_path, keep=getattr(model, "exact_buffers", ())))
+    kept_fp32 = list(int8_fp32_scopes(model)) if int8["backbone"] else ["feature_extractor"]
     if spec.name in ("onnx", "trt") and precision == "int8":
-        part = "and the search's cross term " if search_weights else ""
-        echo(f"quantizing the backbone {part}to INT8 (the rest of the scoring stays fp32)")
+        parts = " and ".join(p for p, on in (("the backbone", int8["backbone"]), ("the search's cross term",
+                                             bool(search_weights))) if on)  # fmt: skip
+        echo(f"quantizing {parts} to INT8 (the rest stays fp32)")
         signed = spec.name == "trt"  # TensorRT's Q/DQ must be symmetric int8; ORT on x86 runs U8S8 fastest
-        facts.update(quantize_int8(onnx_path, calibration, int8_nodes, feeds, signed, search_weights))
-        facts["int8_kept_fp32"] = list(int8_fp32_scopes(model))
+        facts.update(quantize_int8(onnx_path, calibration, int8_nodes, feeds, signed, search_weights, int8["backbone"]))
+        facts["int8_kept_fp32"] = kept_fp32
     if spec.name == "openvino":
         fp32_prefix = sorted(set(backbone_nodes) - set(int8_nodes))
         search_nodes, _weights = search_matmuls(onnx_path, search_weights)
         facts["openvino"] = _to_openvino(
-            onnx_path, staging, precision, calibration, backbone_nodes, feeds, echo, fp32_prefix, search_nodes
-        )
+            onnx_path, staging, precision, calibration, backbone_nodes, feeds, echo, fp32_prefix, search_nodes,
+            int8["backbone"],
+        )  # fmt: skip
         if precision == "int8":
-            facts["int8_kept_fp32"] = list(int8_fp32_scopes(model))
+            facts["int8_kept_fp32"] = kept_fp32
     if spec.name == "trt":
         facts["engine"] = _to_tensorrt(onnx_path, staging, precision, batch, model, arrays, stats, calibration, echo)
         from .tensorrt import save_parity_images
@@ -201,7 +231,7 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
 
 
 def _to_openvino(onnx_path: Path, staging: Path, precision, calibration, backbone_nodes, feeds, echo,
-                 fp32_prefix=(), search_nodes=()) -> dict:  # fmt: skip
+                 fp32_prefix=(), search_nodes=(), quantize_backbone=True) -> dict:  # fmt: skip
     import onnx
 
     from .openvino import convert_to_openvino
@@ -212,7 +242,7 @@ def _to_openvino(onnx_path: Path, staging: Path, precision, calibration, backbon
     scoring = [node.name for node in graph.node if node.name not in backbone]
     info = convert_to_openvino(
         onnx_path, staging, precision, calibration, scoring, stats=feeds or None, fp32_nodes=list(fp32_prefix),
-        int8_scoring_nodes=list(search_nodes),
+        int8_scoring_nodes=list(search_nodes), int8_backbone=quantize_backbone,
     )  # fmt: skip
     onnx_path.unlink()
     onnx_path.with_name(onnx_path.name + ".data").unlink(missing_ok=True)

@@ -179,9 +179,11 @@ def quantize_int8(
     extra_feeds: dict,
     signed_activations: bool = False,
     search_weights: tuple[str, ...] = (),
+    backbone: bool = True,
 ) -> dict:
     """Static QDQ INT8 of the backbone and, when the model lifted its search (`search_weights`, the names of its W
     constants: models/patchcore/lifted.py), of the search's cross-term MatMuls; everything else stays fp32.
+    `backbone=False` quantizes the search alone (`backbone_nodes` are then ignored).
 
     Activations are uint8 (asymmetric) and weights int8 (symmetric, per channel): U8S8 is the pair ONNX
     Runtime's x86 kernels run on VNNI. The earlier S8S8 (int8 activations) made the Lite0 backbone at 384 px
@@ -196,7 +198,8 @@ def quantize_int8(
     quantization = require("onnxruntime.quantization", "train")
     if len(calibration) == 0:
         raise ConfigError("INT8 export needs calibration images: the run's training set is empty or unreadable")
-    if not backbone_nodes:
+    backbone_nodes = backbone_nodes if backbone else []
+    if backbone and not backbone_nodes:
         raise ConfigError("INT8: could not find the backbone nodes in the ONNX graph; export fp32 or fp16 instead")
     search_nodes, weights = search_matmuls(path, search_weights)
 
@@ -243,7 +246,11 @@ def quantize_int8(
         )
     finally:
         source.unlink(missing_ok=True)
-    quantized = "backbone and search cross term (per-tensor weights)" if search_nodes else "backbone only"
+    quantized = {
+        (True, True): "backbone and search cross term (per-tensor weights)",
+        (True, False): "backbone only",
+        (False, True): "search cross term only (per-tensor weights), backbone fp32",
+    }[(bool(backbone_nodes), bool(search_nodes))]
     return {
         "int8": f"static QDQ {'S8S8' if signed_activations else 'U8S8'} (int8 per-channel weights"
         f"{'' if signed_activations else ', 7-bit range'}), {quantized}",

@@ -99,9 +99,11 @@ def convert_to_openvino(
     stats: dict[str, np.ndarray] | None = None,
     fp32_nodes: list[str] | None = None,
     int8_scoring_nodes: list[str] | None = None,
+    int8_backbone: bool = True,
 ) -> dict:
     """Write out_dir/model.xml + model.bin from an ONNX file; INT8 quantizes the backbone (and the scoring MatMuls
-    named in `int8_scoring_nodes`: PatchCore's lifted search, models/patchcore/lifted.py).
+    named in `int8_scoring_nodes`: PatchCore's lifted search, models/patchcore/lifted.py); `int8_backbone=False`
+    quantizes those MatMuls alone.
 
     `scoring_nodes` are ONNX node (or output tensor) names of the scoring part; without them the split is
     found from the graph (see partition_scoring). `stats` feeds sidecar inputs during calibration; zeros
@@ -123,7 +125,9 @@ def convert_to_openvino(
         seeds = _seeds_from_onnx(onnx_path, scoring_nodes) if scoring_nodes is not None else None
         prefix = _seeds_from_onnx(onnx_path, fp32_nodes) if fp32_nodes else set()
         search = _seeds_from_onnx(onnx_path, int8_scoring_nodes) if int8_scoring_nodes else set()
-        model, int8 = quantize_backbone(model, np.asarray(calibration, np.float32), seeds, stats, prefix, search)
+        model, int8 = quantize_backbone(
+            model, np.asarray(calibration, np.float32), seeds, stats, prefix, search, int8_backbone
+        )
     _save_atomic(ov, model, Path(out_dir), compress_to_fp16=(precision == "fp16"))
     return {
         "precision_hint": hint,
@@ -219,14 +223,19 @@ def quantize_backbone(
     stats: dict[str, np.ndarray] | None = None,
     fp32_tensors: set[str] = frozenset(),
     search_tensors: set[str] = frozenset(),
+    backbone: bool = True,
 ) -> tuple[object, dict]:
     """NNCF post-training INT8 with the scoring part, and the float prefix that produces `fp32_tensors`, in the
     ignored scope; the MatMuls that produce `search_tensors` (the lifted search's cross terms) are taken out of
-    it and quantized. Returns (model, facts)."""
+    it and quantized; `backbone=False` leaves every other op in the ignored scope. Returns (model, facts)."""
     nncf = require("nncf", EXTRA)
     prefix = prefix_ops(model, set(fp32_tensors))
     search = matmul_ops(model, set(search_tensors))
     ignored = (scoring_ops(model, seed_tensors) - search) | prefix
+    if not backbone:
+        if not search:
+            raise ConfigError("OpenVINO INT8 with the backbone in float needs search MatMuls to quantize")
+        ignored = {op.get_friendly_name() for op in model.get_ops()} - search
     items = _calibration_items(model, calibration, stats or {})
     quiet, level = logging.getLogger("nncf"), logging.getLogger("nncf").level
     quiet.setLevel(logging.WARNING)  # NNCF logs every ignored node at INFO: noise in the export output
@@ -246,8 +255,7 @@ def quantize_backbone(
     if leaks:
         raise ArtifactError(f"NNCF quantized inputs of the scoring part ({leaks[:3]}): refusing an INT8 IR")
     return quantized, {
-        "method": "nncf post-training, preset performance, "
-        + ("backbone and search cross term" if search else "backbone only"),
+        "method": f"nncf post-training, preset performance, {_scope(backbone, bool(search))}",
         "search_matmuls": len(search),
         "nncf": nncf.__version__,
         "calibration_images": int(len(calibration)),
@@ -257,6 +265,12 @@ def quantize_backbone(
         "fake_quantize": sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops()),
         "scoring_from": "caller" if seed_tensors is not None else "graph",
     }
+
+
+def _scope(backbone: bool, search: bool) -> str:
+    if backbone:
+        return "backbone and search cross term" if search else "backbone only"
+    return "search cross term only, backbone fp32"
 
 
 def matmul_ops(model, tensors: set[str]) -> set[str]:

@@ -41,11 +41,14 @@ def lifted_distances(embedding, _bank, lifted):
     basis, weight, norms = lifted
     batch, dim, height, width = embedding.shape
     queries = embedding.permute(0, 2, 3, 1).reshape(batch, height * width, dim)
-    if basis is not None:
-        queries = lift_queries(queries, basis)
+    # |q|² is read from tensors the MatMul does not read: an INT8 export rounds (and clips to its calibrated range)
+    # every reader of the MatMul's input, and a query far outside the good range must keep its whole length.
+    if basis is None:
+        query_norms = (embedding * embedding).sum(dim=1).reshape(batch, height * width)
+    else:
+        queries, query_norms = lift_queries(queries, basis, with_norms=True)
     nearest = (norms - torch.matmul(queries, weight)).min(dim=-1).values
-    squared = nearest + (queries * queries).sum(dim=-1)
-    return torch.sqrt(torch.clamp(squared, min=0.0)).reshape(batch, 1, height, width)
+    return torch.sqrt(torch.clamp(nearest + query_norms, min=0.0)).reshape(batch, 1, height, width)
 
 
 class LiftedSearch:

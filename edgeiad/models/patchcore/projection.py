@@ -100,25 +100,29 @@ def project(queries, bank, basis):
     return lift_queries(queries, basis), lift_rows(bank.to(queries.dtype), basis)
 
 
-def lift_queries(queries, basis):
-    """The queries (…×D) as `project` lifts them, …×(k+3)."""
+def lift_queries(queries, basis, with_norms: bool = False):
+    """The queries (…×D) as `project` lifts them, …×(k+3); with `with_norms`, also their squared lengths (…),
+    computed from the parts before they are joined (lifted.py: an INT8 graph rounds the joined tensor)."""
     basis = basis.to(queries.dtype)
     vectors, centre, gamma = basis[:, :-2], basis[:, -2], basis[0, -1]
-    return _lift(queries - centre, vectors, gamma, 2)
+    lifted, norms = _lift(queries - centre, vectors, gamma, 2)
+    return (lifted, norms) if with_norms else lifted
 
 
 def lift_rows(bank, basis):
     """The bank's rows (M×D) as `project` lifts them, M×(k+3)."""
     basis = basis.to(bank.dtype)
     vectors, centre, gamma = basis[:, :-2], basis[:, -2], basis[0, -1]
-    return _lift(bank - centre, vectors, gamma, 3)
+    return _lift(bank - centre, vectors, gamma, 3)[0]
 
 
 def _lift(points, vectors, gamma, slot: int):
-    """(pV, √γ·L, …) with √(1−γ)·L in column k + `slot` and 0 in the other of k + 2, k + 3."""
+    """(pV, √γ·L, …) with √(1−γ)·L in column k + `slot` and 0 in the other of k + 2, k + 3; and its squared
+    length |pV|² + L²."""
     inside = points @ vectors
-    outside = (points * points).sum(dim=-1, keepdim=True) - (inside * inside).sum(dim=-1, keepdim=True)
-    length = torch.sqrt(torch.clamp(outside, min=0.0))
+    inside_sq = (inside * inside).sum(dim=-1, keepdim=True)
+    outside = torch.clamp((points * points).sum(dim=-1, keepdim=True) - inside_sq, min=0.0)
+    length = torch.sqrt(outside)
     apart, zero = length * torch.sqrt(1.0 - gamma), torch.zeros_like(length)
     tail = [apart, zero] if slot == 2 else [zero, apart]
-    return torch.cat([inside, length * torch.sqrt(gamma), *tail], dim=-1)
+    return torch.cat([inside, length * torch.sqrt(gamma), *tail], dim=-1), (inside_sq + outside).squeeze(-1)
