@@ -180,7 +180,7 @@ def calibration_batch(model, dataset) -> np.ndarray:
 
 
 def _write_model_files(staging, spec: Target, model, precision, stats, stats_dtype, batch, dataset, echo,
-                       int8=None) -> dict:  # fmt: skip
+                       int8: dict) -> dict:  # fmt: skip
     """model.onnx first (every target starts from it), then the target's own conversion."""
     from edgeiad_runtime.safetensors_io import save_file
 
@@ -191,7 +191,6 @@ def _write_model_files(staging, spec: Target, model, precision, stats, stats_dty
     # `int8` (int8_plan): what INT8 quantizes. For the search, the graph reads each bank's lifted rows as
     # constants (models/patchcore/lifted.py), which a sidecar bank (a graph input) cannot be; TensorRT keeps the
     # search fp32: its INT8 search is unmeasured (no GPU here).
-    int8 = int8 or {"backbone": precision == "int8", "search": False}
     search_weights = tuple(model.lift_search()) if int8["search"] else ()
     echo(f"exporting {model.config.model} to ONNX (stats {stats}, bank {stats_dtype}, batch {batch['mode']})")
     facts = export_onnx(model, onnx_path, batch, stats, stats_dtype)

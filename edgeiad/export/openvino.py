@@ -229,13 +229,14 @@ def quantize_backbone(
     ignored scope; the MatMuls that produce `search_tensors` (the lifted search's cross terms) are taken out of
     it and quantized; `backbone=False` leaves every other op in the ignored scope. Returns (model, facts)."""
     nncf = require("nncf", EXTRA)
-    prefix = prefix_ops(model, set(fp32_tensors))
     search = matmul_ops(model, set(search_tensors))
-    ignored = (scoring_ops(model, seed_tensors) - search) | prefix
-    if not backbone:
-        if not search:
-            raise ConfigError("OpenVINO INT8 with the backbone in float needs search MatMuls to quantize")
-        ignored = {op.get_friendly_name() for op in model.get_ops()} - search
+    if backbone:
+        prefix = prefix_ops(model, set(fp32_tensors))
+        ignored = (scoring_ops(model, seed_tensors) - search) | prefix
+    elif search:
+        prefix, ignored = set(), {op.get_friendly_name() for op in model.get_ops()} - search
+    else:
+        raise ConfigError("OpenVINO INT8 with the backbone in float needs search MatMuls to quantize")
     items = _calibration_items(model, calibration, stats or {})
     quiet, level = logging.getLogger("nncf"), logging.getLogger("nncf").level
     quiet.setLevel(logging.WARNING)  # NNCF logs every ignored node at INFO: noise in the export output
@@ -277,9 +278,8 @@ def matmul_ops(model, tensors: set[str]) -> set[str]:
     """Friendly names of the MatMul ops that produce one of these ONNX tensors; each tensor must have one."""
     if not tensors:
         return set()
-    _nodes, _stats, names = openvino_graph(model)
-    kinds = {op.get_friendly_name(): op.get_type_name() for op in model.get_ops()}
-    found = {name for name, produced in names.items() if produced & tensors and kinds[name] in _OV_MATMUL}
+    nodes, _stats, names = openvino_graph(model)
+    found = {node.name for node in nodes if node.kind == "matmul" and names[node.name] & tensors}
     if len(found) != len(tensors):
         raise ArtifactError(
             f"OpenVINO: {len(tensors)} search MatMuls to quantize, {len(found)} found in the converted model: "

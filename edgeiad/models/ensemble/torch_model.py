@@ -10,7 +10,7 @@ from ..backbones import FeatureExtractor
 from ..config import FeatureBankConfig
 from ..padim.torch_model import check_n_features, mahalanobis_distances, random_channels
 from ..patchcore.coarse import CoarseScoring, fused_score
-from ..patchcore.lifted import LiftedSearch, lifted_distances
+from ..patchcore.lifted import LiftedSearch
 from ..patchcore.projection import check_search_dim
 from ..patchcore.torch_model import (
     bank_distances,
@@ -152,9 +152,8 @@ class EnsembleModel(MapScoring, CoarseScoring, LiftedSearch, nn.Module):
         given = {name: getattr(self, name) for name in self.stats_names} | dict(zip(self.stats_names, stats))
         features = self.feature_extractor(image)
         local, plain = self.embed(image, features)
-        search, bases = nearest_distances, self.bases(given.get("search_basis"))
-        if self.lifted:  # lift_search() ran (patchcore/lifted.py): the graph reads each bank's lifted constants
-            search, bases = lifted_distances, self.lifted_banks()
+        # once lift_search() ran (patchcore/lifted.py), the graph reads each bank's lifted constants
+        search, bases = self.bank_search(nearest_distances, self.bases(given.get("search_basis")))
         nearest = bank_distances(local, given["memory_bank"], self.config, search, bases)
         mahalanobis = mahalanobis_distances(plain, given["mean"], given["inv_covariance"])
         anomaly_map, score = self.to_map(self.combine(nearest, mahalanobis, given["calibration"]))

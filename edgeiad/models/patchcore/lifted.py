@@ -78,6 +78,11 @@ class LiftedSearch:
         self.register_buffer(f"{WEIGHT}{suffix}", (2.0 * rows).T.contiguous())
         self.register_buffer(f"{NORMS}{suffix}", (rows * rows).sum(dim=1))
 
+    def bank_search(self, default, bases):
+        """(search, bases) for `bank_distances`: `default` and `bases` as given, or once lifted, `lifted_distances`
+        and each bank's lifted constants."""
+        return (lifted_distances, self.lifted_banks()) if self.lifted else (default, bases)
+
     def coarse_search(self, default):
         """The coarse score's `search(features, bank)`: `default` (the graph's), or once lifted, one that reads the
         coarse bank's lifted constants."""

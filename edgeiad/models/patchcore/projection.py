@@ -103,17 +103,21 @@ def project(queries, bank, basis):
 def lift_queries(queries, basis, with_norms: bool = False):
     """The queries (…×D) as `project` lifts them, …×(k+3); with `with_norms`, also their squared lengths (…),
     computed from the parts before they are joined (lifted.py: an INT8 graph rounds the joined tensor)."""
-    basis = basis.to(queries.dtype)
-    vectors, centre, gamma = basis[:, :-2], basis[:, -2], basis[0, -1]
+    vectors, centre, gamma = _parts(basis, queries.dtype)
     lifted, norms = _lift(queries - centre, vectors, gamma, 2)
     return (lifted, norms) if with_norms else lifted
 
 
 def lift_rows(bank, basis):
     """The bank's rows (M×D) as `project` lifts them, M×(k+3)."""
-    basis = basis.to(bank.dtype)
-    vectors, centre, gamma = basis[:, :-2], basis[:, -2], basis[0, -1]
+    vectors, centre, gamma = _parts(basis, bank.dtype)
     return _lift(bank - centre, vectors, gamma, 3)[0]
+
+
+def _parts(basis, dtype):
+    """(directions D×k, centre D, γ) of a basis from `principal_bases`, in `dtype`."""
+    basis = basis.to(dtype)
+    return basis[:, :-2], basis[:, -2], basis[0, -1]
 
 
 def _lift(points, vectors, gamma, slot: int):

@@ -10,7 +10,7 @@ from .._robust import check_fraction
 from ..backbones import FeatureExtractor
 from ..config import FeatureBankConfig
 from .coarse import CoarseScoring, fused_score
-from .lifted import LiftedSearch, lifted_distances
+from .lifted import LiftedSearch
 from .projection import check_search_dim, project
 from .regions import region_distances
 
@@ -205,11 +205,11 @@ class PatchCoreModel(MapScoring, CoarseScoring, LiftedSearch, nn.Module):
         rows (`sizes` rows each, the fitted `region_rows` unless given); in the bank's principal subspace when the
         model searches projected. `search(N×D×h×w, bank, basis)` is the graph-exportable one unless given, or the
         lifted one once `lift_search()` ran (lifted.py)."""
-        if search is None and self.lifted:
-            search, basis = lifted_distances, self.lifted_banks()
+        if search is None:
+            search, basis = self.bank_search(nearest_distances, basis)
         if basis is None and self.projected:
             basis = self.search_basis
-        return bank_distances(embedding, memory_bank, self.config, search or nearest_distances, basis, sizes)
+        return bank_distances(embedding, memory_bank, self.config, search, basis, sizes)
 
     def training_features(self, image):
         """What fit collects from one backbone pass: the patch features, and beside them the coarse block's
