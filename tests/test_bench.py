@@ -145,6 +145,26 @@ def test_plan_and_skip_reasons():
         assert "TensorRT is not installed" in reason
 
 
+def test_int8_scopes_multiply_the_int8_artifacts_only():
+    cases = plan("patchcore,padim", "onnx,trt", "fp32,int8", "baked", "1", "1", "all,search")
+    keys = [case.key for case in cases]
+    assert keys[:4] == [
+        "patchcore-onnx-fp32-baked/b1/t1",  # fp32 has nothing to scope: one artifact
+        "patchcore-onnx-int8-baked/b1/t1",  # scope "all" keeps the name earlier benches used (bench compare)
+        "patchcore-onnx-int8-search-baked/b1/t1",
+        "patchcore-trt-fp32-baked/b1/t1",
+    ]
+    assert len(cases) == 2 * 2 * 3
+    reasons = {case.artifact.name: skip_reason(case.artifact) for case in cases if case.artifact.int8_scope != "all"}
+    assert reasons["patchcore-onnx-int8-search-baked"] is None
+    # refused before any export, with export's own reason: nothing to quantize, or a target that keeps it fp32
+    assert "padim has no nearest-neighbour search" in reasons["padim-onnx-int8-search-baked"]
+    assert "TensorRT keeps the search fp32" in reasons["patchcore-trt-int8-search-baked"]
+    assert "use --stats baked" in skip_reason(ArtifactKey("patchcore", "onnx", "int8", "sidecar", "search"))
+    with pytest.raises(ConfigError, match="--int8-scopes 'both': unknown both"):
+        plan("patchcore", "onnx", "int8", "baked", "1", "1", "both")
+
+
 def test_bench_streams_scores_live_cameras_through_the_watch_loop(trained_runs, synthetic_mvtec, tmp_path, capsys):
     runs_dir, out = next(iter(trained_runs.values())).parent, tmp_path / "bench"
     args = [
@@ -250,6 +270,35 @@ def test_int8_cases_are_timed_against_the_backbone_quantized_as_their_artifact(
         assert all(row["e2e_over_fp32_backbone"] for row in csv.DictReader(handle))
 
 
+def test_an_int8_search_case_keeps_the_fp32_backbone_and_is_timed_against_it(
+    trained_runs, synthetic_mvtec, tmp_path, capsys
+):
+    import onnx
+
+    runs_dir, out = trained_runs["patchcore"].parent, tmp_path / "bench"
+    args = [
+        "bench", "--models", "patchcore", "--targets", "onnx", "--precisions", "int8", "--int8-scopes", "search",
+        "--data", synthetic_mvtec, "--runs", runs_dir, "--iters", "2", "--warmup", "0", "--accuracy-images", "4",
+        "--out", out,
+    ]  # fmt: skip
+    code, stdout, _ = run_cli(args, capsys)
+    assert code in (0, None)
+    (case,) = json.loads((out / "results.json").read_text())["cases"]
+    assert case["status"] == "ok" and case["key"] == "patchcore-onnx-int8-search-baked/b1/t1"
+    assert case["int8_scope"] == "search" and case["precision"] == "int8"
+    # no INT8 backbone was made to time it against: its backbone is the fp32 one
+    assert case["backbone"] == case["backbone_fp32"] and not (out / "backbones" / "patchcore-int8.onnx").exists()
+    assert case["e2e_over_backbone"] == case["e2e_over_fp32_backbone"]
+    manifest = json.loads((out / "artifacts" / "patchcore-onnx-int8-search-baked" / "manifest.json").read_text())
+    assert manifest["export"]["int8_search_matmuls"] == 5 and "backbone fp32" in manifest["export"]["int8"]
+    nodes = onnx.load(str(out / "artifacts" / "patchcore-onnx-int8-search-baked" / "model.onnx")).graph.node
+    assert sum(node.op_type == "DequantizeLinear" for node in nodes) == 2 * 5  # the search's MatMuls, no Conv
+    with open(out / "results.csv") as handle:
+        (row,) = csv.DictReader(handle)
+    assert row["int8_scope"] == "search"
+    assert "INT8 search only" in stdout  # the recommendation names what was quantized
+
+
 def test_a_backbone_reference_from_another_run_is_rebuilt(tmp_path):
     from edgeiad.bench.backbone import made_from, record_source
 
@@ -261,3 +310,4 @@ def test_a_backbone_reference_from_another_run_is_rebuilt(tmp_path):
     assert made_from(graph, run_a) and not made_from(graph, run_b)
     graph.with_name("patchcore.onnx.source.json").write_text("{not json")
     assert not made_from(graph, run_a)
+

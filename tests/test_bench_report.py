@@ -11,6 +11,7 @@ from rich.console import Console
 from edgeiad.bench.page import html_report
 from edgeiad.bench.recommend import (
     budget_for,
+    describe,
     precision_verdicts,
     recommendation_lines,
     recommendations,
@@ -73,6 +74,23 @@ def test_bench_says_whether_a_reduced_precision_pays_against_fp32_of_the_same_ca
     lines = verdict_lines([verdicts["patchcore", "onnx"], verdicts["padim", "openvino"]])
     assert lines[0] == "patchcore/onnx int8 vs fp32 (1 thread, batch 1): 0.70x latency, AUROC -0.002: pays"
     assert lines[1].endswith("1.10x latency, AUROC +0.000: does not pay here: keep fp32")
+
+
+def test_each_int8_scope_gets_its_own_verdict_against_fp32():
+    search = _case("patchcore", "onnx", "int8", 16.0, 0.961) | {
+        "key": "patchcore-onnx-int8-search-baked/b1/t1", "int8_scope": "search"
+    }  # fmt: skip
+    cases = [_case("patchcore", "onnx", "fp32", 20.0, 0.960), _case("patchcore", "onnx", "int8", 12.0, 0.957), search]
+    verdicts = precision_verdicts(cases)
+    assert [(v["precision"], v["int8_scope"], v["latency_ratio"]) for v in verdicts] == [
+        ("int8", "all", 0.6),
+        ("int8", "search", 0.8),
+    ]
+    lines = verdict_lines(verdicts)
+    assert lines[1] == (
+        "patchcore/onnx int8 (INT8 search only) vs fp32 (1 thread, batch 1): 0.80x latency, AUROC +0.001: pays"
+    )
+    assert describe(search) == "patchcore/onnx/int8 (INT8 search only)"
 
 
 def test_a_slower_case_is_recommended_only_when_it_is_more_accurate(document):

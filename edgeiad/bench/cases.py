@@ -7,6 +7,7 @@ import shutil
 from dataclasses import asdict, dataclass
 
 from ..errors import ConfigError
+from ..export import INT8_SCOPES, search_scope_refusal
 from ..export.targets import PRECISIONS, STATS_MODES, TARGETS
 from ..models import MODELS
 
@@ -19,10 +20,16 @@ class ArtifactKey:
     target: str
     precision: str
     stats: str
+    int8_scope: str = "all"  # `edgeiad export --int8-scope`: what an INT8 artifact quantizes
 
     @property
     def name(self) -> str:
-        return f"{self.model}-{self.target}-{self.precision}-{self.stats}"
+        return f"{self.model}-{self.target}-{self.variant}-{self.stats}"
+
+    @property
+    def variant(self) -> str:
+        """The precision as the case names it: "int8-search" is INT8 with only the search quantized."""
+        return self.precision if self.int8_scope == "all" else f"{self.precision}-{self.int8_scope}"
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,18 @@ def parse_names(value: str, known, what: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def parse_scopes(value: str) -> list[str]:
+    """'all,search' → the INT8 scopes to bench. Unlike the other lists, "all" here is a scope (the backbone and the
+    search, `edgeiad export`'s default), not every item."""
+    scopes = list(dict.fromkeys(v.strip().lower() for v in value.split(",") if v.strip()))
+    unknown = [scope for scope in scopes if scope not in INT8_SCOPES]
+    if unknown or not scopes:
+        raise ConfigError(
+            f"--int8-scopes {value!r}: unknown {', '.join(unknown) or 'empty list'}; use {', '.join(INT8_SCOPES)}"
+        )
+    return scopes
+
+
 def parse_counts(value: str, what: str) -> list[int]:
     """'1,8' → [1, 8]; every item a positive integer."""
     try:
@@ -65,13 +84,16 @@ def parse_counts(value: str, what: str) -> list[int]:
     return list(dict.fromkeys(counts))
 
 
-def plan(models, targets, precisions, stats, batches, threads) -> list[Case]:
-    """Every case, artifact-major so one artifact's cases run back to back."""
+def plan(models, targets, precisions, stats, batches, threads, int8_scopes="all") -> list[Case]:
+    """Every case, artifact-major so one artifact's cases run back to back. `int8_scopes` multiplies the INT8
+    artifacts only: an fp32 or fp16 artifact has nothing to scope."""
+    scopes = parse_scopes(int8_scopes)
     keys = [
-        ArtifactKey(model, target, precision, mode)
+        ArtifactKey(model, target, precision, mode, scope)
         for model in parse_names(models, MODELS, "models")
         for target in parse_names(targets, TARGETS, "targets")
         for precision in parse_names(precisions, PRECISIONS, "precisions")
+        for scope in (scopes if precision == "int8" else ["all"])
         for mode in parse_names(stats, STATS_MODES, "stats")
     ]
     batch_list, thread_list = parse_counts(batches, "batch"), parse_counts(threads, "threads")
@@ -85,6 +107,11 @@ def skip_reason(key: ArtifactKey) -> str | None:
         return f"{key.target} does not support {key.precision}/{key.stats}"
     if key.stats not in MODELS[key.model].stats_modes:
         return f"{key.model} has learned weights, no statistics to keep in a {key.stats} file"
+    if key.int8_scope == "search":
+        searches = hasattr(MODELS[key.model].model_cls(), "lift_search")
+        refusal = search_scope_refusal(key.model, searches, key.target, key.stats)
+        if refusal:
+            return f"--int8-scope search: {refusal}"
     if key.target == "trt":
         if importlib.util.find_spec("tensorrt") is None:
             return "TensorRT is not installed here (needs an NVIDIA GPU: pip install 'edgeiad[tensorrt]' there)"

@@ -55,12 +55,22 @@ def _auroc(record: dict) -> float:
     return round(record["accuracy"]["image_auroc"], 4)  # differences below 1e-4 are noise, not a reason to wait
 
 
+SCOPE_TEXT = {"backbone": "INT8 backbone only", "search": "INT8 search only"}  # `export --int8-scope`
+
+
+def variant(record: dict) -> str:
+    """The precision as bench names the case: "int8-search" for an INT8 artifact whose backbone stayed fp32."""
+    scope = record.get("int8_scope") or "all"
+    return record["precision"] if scope == "all" else f"{record['precision']}-{scope}"
+
+
 def describe(record: dict) -> str:
     """model/target/precision, with stats, batch and threads only where they are not the defaults."""
     text = f"{record['model']}/{record['target']}/{record['precision']}"
     if record.get("stats") == "sidecar":
         text += "/sidecar"
-    extras = [f"batch {record['batch']}" if record.get("batch", 1) != 1 else ""]
+    extras = [SCOPE_TEXT.get(record.get("int8_scope") or "all", "")]
+    extras.append(f"batch {record['batch']}" if record.get("batch", 1) != 1 else "")
     extras.append(f"{record['threads']} threads" if record.get("threads", 1) != 1 else "")
     if "clients" in record:  # a served model (bench --server)
         text = f"{record.get('served_as', record['model'])}/{record['precision']}"
@@ -92,13 +102,12 @@ def precision_verdicts(records: list[dict]) -> list[dict]:
         if record.get("status") != "ok" or not record.get("per_image_ms") or "clients" in record:
             continue
         case = tuple(record.get(k) for k in ("model", "target", "stats", "batch", "threads"))
-        by_case.setdefault(case, {})[record["precision"]] = record
+        by_case.setdefault(case, {})[variant(record)] = record
     verdicts = []
-    for (model, target, stats, batch, threads), precisions in sorted(by_case.items(), key=str):
-        base = precisions.get("fp32")
-        for precision in ("fp16", "int8"):
-            other = precisions.get(precision)
-            if base is None or other is None:
+    for (model, target, stats, batch, threads), variants in sorted(by_case.items(), key=str):
+        base = variants.get("fp32")
+        for name, other in sorted(variants.items()):
+            if base is None or name == "fp32":
                 continue
             ratio = other["per_image_ms"] / base["per_image_ms"]
             drop = _drop(base, other)
@@ -110,7 +119,8 @@ def precision_verdicts(records: list[dict]) -> list[dict]:
                     "stats": stats,
                     "threads": threads,
                     "batch": batch,
-                    "precision": precision,
+                    "precision": other["precision"],
+                    "int8_scope": other.get("int8_scope") or "all",
                     "latency_ratio": ratio,
                     "auroc_drop": drop,
                     "pays": pays,
@@ -134,8 +144,10 @@ def verdict_lines(verdicts: list[dict]) -> list[str]:
         threads = f"{v['threads']} thread{'s' if v['threads'] != 1 else ''}"
         answer = "pays" if v["pays"] else "does not pay here: keep fp32"
         sidecar = "/sidecar" if v.get("stats") == "sidecar" else ""
+        scope = SCOPE_TEXT.get(v.get("int8_scope") or "all")
+        precision = f"{v['precision']} ({scope})" if scope else v["precision"]
         lines.append(
-            f"{v['model']}/{v['target']}{sidecar} {v['precision']} vs fp32 ({threads}, batch {v['batch']}): "
+            f"{v['model']}/{v['target']}{sidecar} {precision} vs fp32 ({threads}, batch {v['batch']}): "
             f"{v['latency_ratio']:.2f}x latency, {drop}: {answer}"
         )
     return lines

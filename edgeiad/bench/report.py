@@ -9,8 +9,8 @@ from pathlib import Path
 from .recommend import describe, precision_verdicts, recommendation_lines, recommendations, verdict_lines
 
 COLUMNS = (
-    "key", "model", "target", "precision", "stats", "batch", "threads", "clients", "dynamic_batching", "status",
-    "reason", "size_mb", "load_s",
+    "key", "model", "target", "precision", "int8_scope", "stats", "batch", "threads", "clients", "dynamic_batching",
+    "status", "reason", "size_mb", "load_s",
     "first_inference_ms", "p50_ms", "p95_ms", "p99_ms", "per_image_ms", "throughput_ips", "preprocess_ms",
     "inference_ms", "postprocess_ms", "peak_rss_mb", "image_auroc", "image_ap", "image_f1_max", "pixel_auroc",
     "aupro", "pixel_eval", "parity_max_rel_map_error", "parity_auroc_drop", "backbone_p50_ms", "e2e_over_backbone",
@@ -22,6 +22,7 @@ def flatten(record: dict) -> dict:
     """One flat row per case (the CSV and table view of a results.json record)."""
     keys = ("key", "model", "target", "precision", "stats", "batch", "threads", "clients", "dynamic_batching")
     row = {k: record.get(k) for k in keys}
+    row["int8_scope"] = record.get("int8_scope") or ("all" if record.get("precision") == "int8" else None)
     row.update(status=record.get("status"), reason=record.get("reason"), size_mb=record.get("size_mb"))
     row.update(load_s=record.get("load_s"), first_inference_ms=record.get("first_inference_ms"))
     row.update({k: (record.get("latency") or {}).get(k) for k in ("p50_ms", "p95_ms", "p99_ms")})

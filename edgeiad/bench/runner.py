@@ -157,6 +157,7 @@ class Bench:
                     out=path,
                     force=path.exists(),
                     data=self.data,
+                    int8_scope=key.int8_scope,
                 )
             backbone = self._backbone(key, run)
         except EdgeiadError as exc:
@@ -165,7 +166,7 @@ class Bench:
 
     def _backbone(self, key: ArtifactKey, run: Path) -> dict[str, Path]:
         """The backbone-only graphs a case is timed against: 'fp32' always, and 'int8' (quantized as the artifact
-        is) for an INT8 case on ONNX Runtime or OpenVINO."""
+        is) for an INT8 case on ONNX Runtime or OpenVINO whose backbone is INT8 (not `--int8-scope search`)."""
         from .backbone import export_backbone, made_from, quantize_reference, record_source
 
         folder = self.out / "backbones"
@@ -173,7 +174,7 @@ class Bench:
         if not made_from(paths["fp32"], run):
             export_backbone(run, paths["fp32"])
             record_source(paths["fp32"], run)
-        if key.precision == "int8" and key.target in ("onnx", "openvino"):
+        if key.precision == "int8" and key.int8_scope != "search" and key.target in ("onnx", "openvino"):
             suffix = "-int8-openvino/model.xml" if key.target == "openvino" else "-int8.onnx"
             paths["int8"] = folder / f"{key.model}{suffix}"
             if not made_from(paths["int8"], run):

@@ -20,6 +20,7 @@ app.add_typer(bench_app, name="bench")
         "edgeiad bench                                   # patchcore,padim x onnx,openvino, fp32",
         "edgeiad bench --models all --targets all --precisions fp32,fp16,int8 --batch 1,8 --out bench/",
         "edgeiad bench --profile intel-cpu --runs runs/",
+        "edgeiad bench --models patchcore --precisions fp32,int8 --int8-scopes all,search   # + fp32 backbone",
         "edgeiad bench --models patchcore --threads 2 --streams 1,2,4,8   # frames/s with 1-8 cameras per box",
         "edgeiad bench --server http://127.0.0.1:8000 --models patchcore,padim --clients 1,4,16   # served models",
     ),
@@ -29,6 +30,11 @@ def bench(
     models: str = typer.Option("patchcore,padim", "--models", help="comma list or all; with --server: served names"),
     targets: str = typer.Option("onnx,openvino", "--targets", help="onnx,openvino,trt or all"),
     precisions: str = typer.Option("fp32", "--precisions", help="fp32,fp16,int8 or all"),
+    int8_scopes: str = typer.Option(
+        "all",
+        "--int8-scopes",
+        help="what the INT8 cases quantize, as `edgeiad export --int8-scope`: all,backbone,search or a list",
+    ),
     stats: str = typer.Option("baked", "--stats", help="baked,sidecar or all"),
     data: str = typer.Option("elpv-mono", "--data", help="elpv-mono | elpv-poly | MVTec-layout folder"),
     runs: Path = typer.Option(None, "--runs", help="reuse runs found here (same model, same data fingerprint)"),
@@ -73,7 +79,7 @@ def bench(
     else:
         if profile:
             targets, precisions, stats, threads = _from_profile(profile, targets, precisions, stats, threads)
-        cases = plan(models, targets, precisions, stats, batch, threads)
+        cases = plan(models, targets, precisions, stats, batch, threads, int8_scopes)
         counts = tuple(parse_counts(streams, "streams")) if streams else ()
         echo(f"{len(cases)} cases → {out}")
         bench = Bench(out, data, runs, iters, warmup, accuracy_images, echo=echo, streams=counts,

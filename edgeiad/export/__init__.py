@@ -14,7 +14,7 @@ from .targets import TARGETS, Target, check_combination, get_target
 if TYPE_CHECKING:  # numpy and the data loaders load with the first export, not with `edgeiad --help`
     import numpy as np
 
-__all__ = ["TARGETS", "export_run", "parse_batch"]
+__all__ = ["INT8_SCOPES", "TARGETS", "export_run", "int8_plan", "parse_batch", "search_scope_refusal"]
 
 DEFAULT_MAX_BATCH = 16
 CALIBRATION_IMAGES = 32
@@ -104,19 +104,21 @@ def int8_plan(scope: str, spec: Target, precision: str, stats: str, model) -> di
         if scope != "all":
             raise ConfigError(f"--int8-scope {scope} applies to --precision int8 only: drop it, or export int8")
         return {"backbone": False, "search": False}
-    name = model.config.model
-    why_not = (
-        f"{name} has no nearest-neighbour search to quantize (PatchCore and the ensemble have)"
-        if not hasattr(model, "lift_search")
-        else "TensorRT keeps the search fp32 (its INT8 search is unmeasured)"
-        if spec.name not in ("onnx", "openvino")
-        else "a sidecar bank is a graph input and cannot be lifted ahead of time: use --stats baked"
-        if stats != "baked"
-        else None
-    )
+    why_not = search_scope_refusal(model.config.model, hasattr(model, "lift_search"), spec.name, stats)
     if scope == "search" and why_not:
         raise ConfigError(f"--int8-scope search: {why_not}; use --int8-scope all or backbone")
     return {"backbone": scope != "search", "search": scope != "backbone" and why_not is None}
+
+
+def search_scope_refusal(model: str, has_search: bool, target: str, stats: str) -> str | None:
+    """Why INT8 cannot quantize `model`'s search on `target` with `stats` (None when it can)."""
+    if not has_search:
+        return f"{model} has no nearest-neighbour search to quantize (PatchCore and the ensemble have)"
+    if target not in ("onnx", "openvino"):
+        return "TensorRT keeps the search fp32 (its INT8 search is unmeasured)"
+    if stats != "baked":
+        return "a sidecar bank is a graph input and cannot be lifted ahead of time: use --stats baked"
+    return None
 
 
 def _bounded_batch(batch_info: dict, given, model, echo) -> dict:
