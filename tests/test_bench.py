@@ -311,3 +311,16 @@ def test_a_backbone_reference_from_another_run_is_rebuilt(tmp_path):
     graph.with_name("patchcore.onnx.source.json").write_text("{not json")
     assert not made_from(graph, run_a)
 
+
+def test_the_e2e_and_backbone_calls_are_timed_in_interleaved_blocks():
+    from edgeiad.bench import worker
+
+    order = []
+    runners = {name: (lambda name=name: order.append(name)) for name in ("e2e", "fp32", "int8")}
+    calls = worker._timed(runners, iters=25)
+    assert {name: len(times) for name, times in calls.items()} == {"e2e": 25, "fp32": 25, "int8": 25}
+    blocks = [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name]
+    # 10 rounds of e2e, fp32, int8 (3 calls each in the first 5 rounds, 2 after): a slow stretch of the box
+    # falls on every graph alike, not on whichever happened to run then
+    assert blocks == ["e2e", "fp32", "int8"] * worker.ROUNDS and order[:4] == ["e2e"] * 3 + ["fp32"]
+    assert len(worker._timed({"e2e": runners["e2e"]}, iters=2)["e2e"]) == 2  # fewer calls than rounds

@@ -1,5 +1,5 @@
-"""One bench case in its own process (no torch): load, first inference, latency, RSS, backbone-only, cameras,
-accuracy.
+"""One bench case in its own process (no torch): load, first inference, RSS, latency (in blocks interleaved with
+the backbone-only graphs), cameras, accuracy.
 
 Run as `python -m edgeiad.bench.worker SPEC.json OUT.json`; the parent reads OUT.json. A separate process per
 case keeps load time and peak RSS honest: nothing another case loaded is counted here.
@@ -38,22 +38,40 @@ def _frames(path: str) -> list[np.ndarray]:
         return [archive[name] for name in sorted(archive.files)]
 
 
-def _latency(detector, frames, iters: int, warmup: int) -> dict:
-    start = time.perf_counter()
-    detector.predict_batch(frames, color_order="RGB")
-    first_ms = (time.perf_counter() - start) * 1000
-    for _ in range(warmup):
-        detector.predict_batch(frames, color_order="RGB")
-    calls, split = [], {"preprocess_ms": [], "inference_ms": [], "postprocess_ms": []}
-    for _ in range(iters):
-        start = time.perf_counter()
+ROUNDS = 10  # timed blocks per graph: the e2e and backbone calls alternate block by block
+
+
+def _timed(runners: dict, iters: int) -> dict[str, list[float]]:
+    """Milliseconds of `iters` calls of each (warm) runner, timed in up to ROUNDS interleaved blocks (e2e, then
+    each backbone graph, then e2e again ...): a box that slows down for a few seconds slows every graph alike, so
+    the e2e / backbone ratios are read from the same stretch of time."""
+    calls: dict[str, list[float]] = {name: [] for name in runners}
+    rounds = max(1, min(ROUNDS, iters))
+    for block in range(rounds):
+        count = iters // rounds + (block < iters % rounds)
+        for name, run in runners.items():
+            for _ in range(count):
+                start = time.perf_counter()
+                run()
+                calls[name].append((time.perf_counter() - start) * 1000)
+    return calls
+
+
+def _e2e(detector, frames) -> tuple:
+    """(runner of one `predict_batch` call, its per-stage timings so far) for `_timed`."""
+    split = {"preprocess_ms": [], "inference_ms": [], "postprocess_ms": []}
+
+    def run():
         results = detector.predict_batch(frames, color_order="RGB")
-        calls.append((time.perf_counter() - start) * 1000)
         for key, values in split.items():
             values.append(sum(r.timings[key] for r in results))
-    batch = len(frames)
+
+    return run, split
+
+
+def _latency(calls: list[float], split: dict, batch: int) -> dict:
+    """The e2e record from its timed calls and their per-stage timings."""
     return {
-        "first_inference_ms": first_ms,
         "latency": _percentiles(calls),
         "per_image_ms": float(np.median(calls)) / batch,
         "throughput_ips": batch * len(calls) / (sum(calls) / 1000),
@@ -62,8 +80,8 @@ def _latency(detector, frames, iters: int, warmup: int) -> dict:
     }
 
 
-def _backbone(path: str, manifest: dict, frames_batch: np.ndarray, threads: int, iters: int, warmup: int) -> dict:
-    """Latency of a bare backbone graph (ONNX, or OpenVINO IR) on the artifact's runtime, same batch and threads."""
+def _backbone(path: str, manifest: dict, frames_batch: np.ndarray, threads: int):
+    """A runner of a bare backbone graph (ONNX, or OpenVINO IR) on the artifact's runtime, same batch and threads."""
     if manifest["target"] == "openvino":
         import openvino as ov
 
@@ -74,25 +92,19 @@ def _backbone(path: str, manifest: dict, frames_batch: np.ndarray, threads: int,
 
         def run():
             request.infer({0: frames_batch})
-    else:
-        import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
+        return run
+    import onnxruntime as ort
 
-        def run():
-            session.run(None, {name: frames_batch})
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
 
-    for _ in range(max(warmup, 1)):
-        run()
-    calls = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        run()
-        calls.append((time.perf_counter() - start) * 1000)
-    return _percentiles(calls)
+    def run():
+        session.run(None, {name: frames_batch})
+
+    return run
 
 
 def _accuracy(detector, dataset, limit: int) -> dict:
@@ -125,18 +137,33 @@ def measure(spec: dict) -> dict:
     record: dict = {"load_s": time.perf_counter() - started, "backend": detector.backend_name}
     record["backend_info"] = {k: str(v) for k, v in detector.backend_info.items()}
     frames = _frames(spec["frames"])  # the dataset is not loaded yet: the RSS below is the detector's own
-    record.update(_latency(detector, frames, spec["iters"], spec["warmup"]))
-    record["peak_rss_mb"] = peak_rss_mb()  # inference only: accuracy scoring below loads data and keeps maps
-    if spec.get("backbone"):
+    start = time.perf_counter()
+    detector.predict_batch(frames, color_order="RGB")
+    record["first_inference_ms"] = (time.perf_counter() - start) * 1000
+    e2e, split = _e2e(detector, frames)
+    for _ in range(spec["warmup"]):
+        e2e()
+    for values in split.values():
+        values.clear()  # the split is read from the timed calls only
+    # inference only, read before a backbone graph loads: accuracy scoring below loads data and keeps maps
+    record["peak_rss_mb"] = peak_rss_mb()
+    paths = spec.get("backbone") or {}  # {"fp32": path} and, for an INT8 backbone on ORT/OpenVINO, {"int8": ...}
+    runners = {"e2e": e2e}
+    if paths:
         from edgeiad_runtime.manifest import preprocessing_of
         from edgeiad_runtime.preprocess import preprocess
 
         spec_in = preprocessing_of(detector.manifest)
         batch = np.stack([preprocess(frame, spec_in) for frame in frames])
-        timing = (detector.manifest, batch, spec["threads"], spec["iters"], spec["warmup"])
-        paths = spec["backbone"]  # {"fp32": path} and, for INT8 on ORT/OpenVINO, {"int8": the quantized one}
-        record["backbone_fp32"] = _backbone(paths["fp32"], *timing)
-        record["backbone"] = _backbone(paths["int8"], *timing) if "int8" in paths else record["backbone_fp32"]
+        for name, path in paths.items():
+            runners[name] = _backbone(path, detector.manifest, batch, spec["threads"])
+            for _ in range(max(spec["warmup"], 1)):
+                runners[name]()
+    calls = _timed(runners, spec["iters"])
+    record.update(_latency(calls["e2e"], split, len(frames)))
+    if paths:
+        record["backbone_fp32"] = _percentiles(calls["fp32"])
+        record["backbone"] = _percentiles(calls["int8"]) if "int8" in paths else record["backbone_fp32"]
     if spec.get("streams"):
         from .streams import measure_streams
 
