@@ -93,6 +93,17 @@ def test_each_int8_scope_gets_its_own_verdict_against_fp32():
     assert describe(search) == "patchcore/onnx/int8 (INT8 search only)"
 
 
+def test_the_verdict_divides_out_a_box_that_slowed_down_between_two_cases():
+    # fp32 ran while the box was slow (its backbone too: 30 ms); INT8 ran later on a quiet box (backbone 20 ms)
+    fp32 = _case("patchcore", "onnx", "fp32", 45.0, 0.960) | {"e2e_over_fp32_backbone": 45.0 / 30.0}
+    int8 = _case("patchcore", "onnx", "int8", 18.0, 0.958) | {"e2e_over_fp32_backbone": 18.0 / 20.0}
+    (verdict,) = precision_verdicts([fp32, int8])
+    assert verdict["raw_latency_ratio"] == pytest.approx(0.4)  # what the clock said
+    assert verdict["latency_ratio"] == pytest.approx(0.6)  # against the same graph timed beside each
+    (verdict,) = precision_verdicts([_case("patchcore", "onnx", "fp32", 45.0, 0.96), int8])
+    assert verdict["latency_ratio"] == pytest.approx(0.4)  # no reference in one of them: the clock's ratio
+
+
 def test_a_slower_case_is_recommended_only_when_it_is_more_accurate(document):
     for case in document["cases"]:
         if case.get("accuracy"):
