@@ -163,6 +163,8 @@ def test_int8_scopes_multiply_the_int8_artifacts_only():
     assert "use --stats baked" in skip_reason(ArtifactKey("patchcore", "onnx", "int8", "sidecar", "search"))
     with pytest.raises(ConfigError, match="--int8-scopes 'both': unknown both"):
         plan("patchcore", "onnx", "int8", "baked", "1", "1", "both")
+    with pytest.raises(ConfigError, match="applies to INT8 cases only; add int8 to --precisions"):
+        plan("patchcore", "onnx", "fp32", "baked", "1", "1", "search")
 
 
 def test_bench_streams_scores_live_cameras_through_the_watch_loop(trained_runs, synthetic_mvtec, tmp_path, capsys):

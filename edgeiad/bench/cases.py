@@ -87,12 +87,14 @@ def parse_counts(value: str, what: str) -> list[int]:
 def plan(models, targets, precisions, stats, batches, threads, int8_scopes="all") -> list[Case]:
     """Every case, artifact-major so one artifact's cases run back to back. `int8_scopes` multiplies the INT8
     artifacts only: an fp32 or fp16 artifact has nothing to scope."""
-    scopes = parse_scopes(int8_scopes)
+    scopes, precision_list = parse_scopes(int8_scopes), parse_names(precisions, PRECISIONS, "precisions")
+    if scopes != ["all"] and "int8" not in precision_list:
+        raise ConfigError(f"--int8-scopes {int8_scopes}: applies to INT8 cases only; add int8 to --precisions")
     keys = [
         ArtifactKey(model, target, precision, mode, scope)
         for model in parse_names(models, MODELS, "models")
         for target in parse_names(targets, TARGETS, "targets")
-        for precision in parse_names(precisions, PRECISIONS, "precisions")
+        for precision in precision_list
         for scope in (scopes if precision == "int8" else ["all"])
         for mode in parse_names(stats, STATS_MODES, "stats")
     ]

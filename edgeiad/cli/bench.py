@@ -20,7 +20,7 @@ app.add_typer(bench_app, name="bench")
         "edgeiad bench                                   # patchcore,padim x onnx,openvino, fp32",
         "edgeiad bench --models all --targets all --precisions fp32,fp16,int8 --batch 1,8 --out bench/",
         "edgeiad bench --profile intel-cpu --runs runs/",
-        "edgeiad bench --models patchcore --precisions fp32,int8 --int8-scopes all,search   # + fp32 backbone",
+        "edgeiad bench --models patchcore --precisions fp32,int8 --int8-scopes all,search   # search-only INT8",
         "edgeiad bench --models patchcore --threads 2 --streams 1,2,4,8   # frames/s with 1-8 cameras per box",
         "edgeiad bench --server http://127.0.0.1:8000 --models patchcore,padim --clients 1,4,16   # served models",
     ),
