@@ -58,9 +58,15 @@ def _auroc(record: dict) -> float:
 SCOPE_TEXT = {"backbone": "INT8 backbone only", "search": "INT8 search only"}  # `export --int8-scope`
 
 
+def scope_of(record: dict) -> str:
+    """A case's `--int8-scope` ("all" for results written before bench recorded it, and for fp32/fp16)."""
+    return record.get("int8_scope") or "all"
+
+
 def variant(record: dict) -> str:
-    """The precision as bench names the case: "int8-search" for an INT8 artifact whose backbone stayed fp32."""
-    scope = record.get("int8_scope") or "all"
+    """The precision as bench names the case (`ArtifactKey.variant`): "int8-search" for an INT8 artifact whose
+    backbone stayed fp32."""
+    scope = scope_of(record)
     return record["precision"] if scope == "all" else f"{record['precision']}-{scope}"
 
 
@@ -69,7 +75,7 @@ def describe(record: dict) -> str:
     text = f"{record['model']}/{record['target']}/{record['precision']}"
     if record.get("stats") == "sidecar":
         text += "/sidecar"
-    extras = [SCOPE_TEXT.get(record.get("int8_scope") or "all", "")]
+    extras = [SCOPE_TEXT.get(scope_of(record), "")]
     extras.append(f"batch {record['batch']}" if record.get("batch", 1) != 1 else "")
     extras.append(f"{record['threads']} threads" if record.get("threads", 1) != 1 else "")
     if "clients" in record:  # a served model (bench --server)
@@ -120,7 +126,7 @@ def precision_verdicts(records: list[dict]) -> list[dict]:
                     "threads": threads,
                     "batch": batch,
                     "precision": other["precision"],
-                    "int8_scope": other.get("int8_scope") or "all",
+                    "int8_scope": scope_of(other),
                     "latency_ratio": ratio,
                     "raw_latency_ratio": other["per_image_ms"] / base["per_image_ms"],
                     "auroc_drop": drop,
@@ -155,7 +161,7 @@ def verdict_lines(verdicts: list[dict]) -> list[str]:
         threads = f"{v['threads']} thread{'s' if v['threads'] != 1 else ''}"
         answer = "pays" if v["pays"] else "does not pay here: keep fp32"
         sidecar = "/sidecar" if v.get("stats") == "sidecar" else ""
-        scope = SCOPE_TEXT.get(v.get("int8_scope") or "all")
+        scope = SCOPE_TEXT.get(scope_of(v))
         precision = f"{v['precision']} ({scope})" if scope else v["precision"]
         lines.append(
             f"{v['model']}/{v['target']}{sidecar} {precision} vs fp32 ({threads}, batch {v['batch']}): "
