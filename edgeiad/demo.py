@@ -40,7 +40,8 @@ def run_demo(out: Path, device: str, console: Console) -> None:
     metrics = read_json(run / "metrics.json")
     artifact = export_run(run, target="onnx", out=out / "artifact", echo=say)
     parity = read_json(artifact / "manifest.json")["parity"]
-    table = Table(title="PatchCore (EfficientNet-Lite0) on ELPV mono")
+    backbone = read_json(run / "config.json")["backbone"].replace("efficientnet_lite", "EfficientNet-Lite")
+    table = Table(title=f"PatchCore ({backbone}) on ELPV mono")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("image_auroc", "image_ap", "image_f1_max", "image_fpr_at_95tpr"):

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch", reason="the coarse score's tests fit models
 
 from edgeiad.errors import ConfigError  # noqa: E402
 from edgeiad.models import get_model  # noqa: E402
+from edgeiad.models.backbones import get_backbone  # noqa: E402
 from edgeiad.runs import load_model  # noqa: E402
 
 from .conftest import SYNTH_SIZE, model_overrides  # noqa: E402
@@ -35,7 +36,8 @@ def _brute_coarse(model, image):
 def test_image_score_adds_the_calibrated_coarse_score_and_the_map_does_not_change(trained_runs):
     _record, model = load_model(trained_runs["patchcore"])
     config = model.config
-    assert model.coarse and config.coarse_weight == 0.5 and model.coarse_layer == 14  # Lite0's block -2
+    assert model.coarse and config.coarse_weight == 0.5
+    assert model.coarse_layer == model.feature_extractor.total_blocks - 2  # Lite1's block 19
     # 12 training images × 2 × 2 positions at 64 px: fewer than coarse_rows, so every row is kept
     assert model.coarse_bank.shape == (12 * 4, 192) == (config.coarse_bank_size, 192)
     offset, gain = model.coarse_calibration.tolist()
@@ -143,8 +145,8 @@ def test_config_defaults_checks_and_legacy_runs():
                      ("coarse_rows", 0), ("coarse_rows", 2.0), ("coarse_block", "14")):  # fmt: skip
         with pytest.raises(ConfigError, match=key):
             spec.make_config(**{key: bad})
-    with pytest.raises(ConfigError, match=r"has blocks 0\.\.15 \(or -16\.\.-1"):
-        spec.model_cls()(spec.make_config(image_size=(64, 64), coarse_block=-17))
+    with pytest.raises(ConfigError, match=r"has blocks 0\.\.20 \(or -21\.\.-1"):  # Lite1's 21 blocks
+        spec.model_cls()(spec.make_config(image_size=(64, 64), coarse_block=-22))
 
 
 @pytest.mark.parametrize("name", ["patchcore", "ensemble"])
@@ -212,7 +214,9 @@ def test_the_ensemble_adds_the_coarse_score_calibrated_on_its_held_out_images(sy
     )
     assert model.coarse and not plain.coarse and "coarse_bank" not in plain.stats_names
     assert model.stats_names[-2:] == ("coarse_bank", "coarse_calibration")
-    assert model.feature_extractor.layers == (4, 10, 14) and plain.feature_extractor.layers == (4, 10)
+    taps = get_backbone(config.backbone).default_layers
+    assert model.feature_extractor.layers == (*taps, model.feature_extractor.total_blocks - 2)
+    assert plain.feature_extractor.layers == taps
     torch.testing.assert_close(model.calibration, plain.calibration)  # the members are unchanged
     assert torch.equal(model.memory_bank, plain.memory_bank) and torch.equal(model.mean, plain.mean)
     held = _held_out(len(train), 0.25)

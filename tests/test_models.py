@@ -113,6 +113,16 @@ def test_patch_neighbourhood_default_checks_and_legacy_runs(name):
             spec.make_config(neighbourhood=bad)
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_patchcore_defaults_to_lite1_and_a_config_without_a_backbone_reloads_on_lite0(name):
+    spec = get_model(name)
+    # chosen by the six-set study (docs/quality-study.md, "Backbone"): PaDiM and the ensemble lose on Lite1
+    assert spec.make_config().backbone == ("efficientnet_lite1" if name == "patchcore" else "efficientnet_lite0")
+    legacy = spec.config_cls().from_dict({"model": name, "image_size": [64, 64]})
+    assert legacy.backbone == "efficientnet_lite0"  # what any config.json without the key was fitted on
+    assert spec.make_config(backbone="efficientnet_lite0").resolved_layers() == (4, 10)
+
+
 def test_patchcore_embedding_follows_its_neighbourhood():
     from edgeiad.models._ops import aggregate_features
     from edgeiad.models.patchcore.torch_model import PatchCoreModel

@@ -54,7 +54,9 @@ def models(
 def train(
     model: str = typer.Argument(..., help="model name (see `edgeiad models`)"),
     data: str = typer.Option(..., "--data", help="elpv-mono | elpv-poly | MVTec-layout folder | folder of good images"),
-    backbone: str = typer.Option(None, help="backbone (default efficientnet_lite0)"),
+    backbone: str = typer.Option(
+        None, help="backbone (default efficientnet_lite1 for patchcore, else efficientnet_lite0)"
+    ),
     image_size: int = typer.Option(
         None, "--image-size", help="input size, multiple of 16 (default 384 for feature-bank models, else 256)"
     ),

@@ -23,6 +23,13 @@ class PatchCoreConfig(FeatureBankConfig):
     """PatchCore settings; `bank_size` is filled in by fit once the coreset is chosen."""
 
     model: str = "patchcore"
+    # EfficientNet-Lite1 (blocks 6 and 14: the same strides 8 / 16 and 152 channels as Lite0's blocks 4 and 10).
+    # Exported, at the 384 px defaults, on the six development sets, image / pixel AUROC / AUPRO means Lite0 → Lite1:
+    # 0.8942 / 0.9702 / 0.8223 → 0.8999 / 0.9715 / 0.8224; image AUROC bsdata 0.9988 → 0.9988, bsdata-full 0.9491 →
+    # 0.9567, deeppcb 0.7866 → 0.8008, cfd 0.9458 → 0.9425, ELPV mono 0.9108 → 0.9168, poly 0.7740 → 0.7840. It costs
+    # 1.23x the latency (one thread, ELPV mono cell: 43.1 against 35.1 ms) and 18.0 against 14.9 MB of ONNX.
+    # PaDiM and the ensemble keep Lite0: on Lite1 they lose deeppcb and cfd (docs/quality-study.md, "Backbone").
+    backbone: str = "efficientnet_lite1"
     # Image score: the mean of the top 2 % of the smoothed map (FeatureBankConfig's 5 % was chosen with the 3×3
     # averaging and one bank). Re-scored from the saved patch scores of the 2 × 2 region-bank study (eager, same fits;
     # image AUROC max / 1 % / 2 % / 3 % / 5 %): bsdata 0.996/0.996/0.996/0.997/0.999, bsdata-full
@@ -70,9 +77,9 @@ class PatchCoreConfig(FeatureBankConfig):
     search_dim: int = 96
     # Coarse image score (coarse.py; docs/quality-study.md, "A stride-32 image score beside the map"): the image
     # score adds the mean of the top `coarse_share` of each image's distances, at backbone block `coarse_block`
-    # (negative: from the last; Lite0's -2 is block 14, one feature per 32 × 32 pixels), to the nearest of at most
-    # `coarse_rows` training features there. Its weight makes its spread over good images `coarse_weight` times
-    # the map score's, both measured at fit with each training image left out of the banks. The map does not
+    # (negative: from the last; -2 is Lite1's block 19, Lite0's 14: one feature per 32 × 32 pixels), to the nearest
+    # of at most `coarse_rows` training features there. Its weight makes its spread over good images `coarse_weight`
+    # times the map score's, both measured at fit with each training image left out of the banks. The map does not
     # change. 0 = off (the image score is the map's top share alone). `coarse_bank_size` is set by fit. Exported, on the
     # six development sets, image AUROC off → on: bsdata 0.9964 → 0.9988, bsdata-full 0.9506 → 0.9487, deeppcb
     # 0.7755 → 0.7834, cfd 0.9285 → 0.9457, ELPV mono 0.9029 → 0.9103, poly 0.7425 → 0.7738; mean 0.8828 → 0.8935.
@@ -84,7 +91,11 @@ class PatchCoreConfig(FeatureBankConfig):
     coarse_bank_size: int = 0
 
     # Runs fitted before these fields existed used the 3x3 averaging, one bank, the exact search and no coarse score.
-    LEGACY = {**FeatureBankConfig.LEGACY, "neighbourhood": 3, "regions": 1, "search_dim": 0, "coarse_weight": 0.0}
+    # Runs have always written their backbone: one without it in config.json predates Lite1 as the default.
+    LEGACY = {
+        **FeatureBankConfig.LEGACY, "neighbourhood": 3, "regions": 1, "search_dim": 0, "coarse_weight": 0.0,
+        "backbone": "efficientnet_lite0",
+    }  # fmt: skip
 
     def validate(self) -> None:
         super().validate()

@@ -99,15 +99,17 @@ class SegadConfig(FeatureBankConfig):
         return names + ([f"score:{base}" for base in self.bases] if self.image_scores else [])
 
     def base_config(self, index: int):
-        """The config of base `index`: the stored one, else the base's defaults at this model's input size."""
+        """The config of base `index`: the stored one, else the base's defaults at this model's input size and
+        backbone (PatchCore's own default is Lite1, PaDiM's Lite0: one backbone keeps their pass shared)."""
         from .. import get_model
 
         spec = get_model(self.bases[index])
         if index < len(self.base_configs):
             return spec.config_cls().from_dict(self.base_configs[index])
         return spec.make_config(
-            image_size=tuple(self.image_size), resize="squash", seed=self.seed, interpolation=self.interpolation
-        )
+            image_size=tuple(self.image_size), resize="squash", seed=self.seed, interpolation=self.interpolation,
+            backbone=self.backbone,
+        )  # fmt: skip
 
 
 def segment_statistics(pooled, labels, segments: int, quantile: float):
