@@ -23,8 +23,10 @@ LEVELS = {1 / 3: "1/3", 2 / 3: "2/3", 1.0: "1"}
 
 def levels(run: Path) -> dict[str, float]:
     _images, probs, _types, paths = _load_arrays()
-    level_of = {path: LEVELS.get(min(LEVELS, key=lambda p: abs(p - prob)), "?") for path, prob in zip(paths, probs)}
+    level_of = {path: LEVELS[min(LEVELS, key=lambda p: abs(p - prob))] for path, prob in zip(paths, probs) if prob > 0}
     rows = [row for row in csv.DictReader(open(run / "scores.csv", encoding="utf-8")) if row["split"] == "test"]
+    if not all(row["path"].startswith("elpv:") for row in rows):
+        raise SystemExit(f"{run} was not trained on a built-in ELPV set: its scores.csv has no elpv: paths")
     good = [float(row["score"]) for row in rows if row["label"] == "0"]
     defective: dict[str, list[float]] = {name: [] for name in LEVELS.values()}
     for row in rows:
