@@ -40,7 +40,7 @@ def run_demo(out: Path, device: str, console: Console) -> None:
     metrics = read_json(run / "metrics.json")
     artifact = export_run(run, target="onnx", out=out / "artifact", echo=say)
     parity = read_json(artifact / "manifest.json")["parity"]
-    backbone = read_json(run / "config.json")["backbone"].replace("efficientnet_lite", "EfficientNet-Lite")
+    backbone = read_json(run / "config.json")["model"]["backbone"].replace("efficientnet_lite", "EfficientNet-Lite")
     table = Table(title=f"PatchCore ({backbone}) on ELPV mono")
     table.add_column("metric")
     table.add_column("value", justify="right")
