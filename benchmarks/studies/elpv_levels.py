@@ -14,32 +14,26 @@ import csv
 from pathlib import Path
 
 import numpy as np
+from patchcore_levers import elpv_probabilities, level_aurocs
 
-from edgeiad.data.elpv import _load_arrays
 from edgeiad.metrics.image import roc_auc
-
-LEVELS = {1 / 3: "1/3", 2 / 3: "2/3", 1.0: "1"}
 
 
 def levels(run: Path) -> dict[str, float]:
-    _images, probs, _types, paths = _load_arrays()
-    level_of = {path: LEVELS[min(LEVELS, key=lambda p: abs(p - prob))] for path, prob in zip(paths, probs) if prob > 0}
-    rows = [row for row in csv.DictReader(open(run / "scores.csv", encoding="utf-8")) if row["split"] == "test"]
+    with open(run / "scores.csv", encoding="utf-8") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["split"] == "test"]
     if not all(row["path"].startswith("elpv:") for row in rows):
         raise SystemExit(f"{run} was not trained on a built-in ELPV set: its scores.csv has no elpv: paths")
-    good = [float(row["score"]) for row in rows if row["label"] == "0"]
-    defective: dict[str, list[float]] = {name: [] for name in LEVELS.values()}
-    for row in rows:
-        if row["label"] == "1":
-            defective[level_of[row["path"].removeprefix("elpv:")]].append(float(row["score"]))
-
-    def against(scores: list[float]) -> float:
-        return roc_auc(np.r_[np.zeros(len(good)), np.ones(len(scores))], np.r_[good, scores])
-
-    result = {"all": against([s for v in defective.values() for s in v])}
-    result.update({name: against(scores) for name, scores in defective.items() if scores})
-    result["without 1/3"] = against(defective["2/3"] + defective["1"])
-    return result
+    labels = np.array([int(row["label"]) for row in rows])
+    values = np.array([float(row["score"]) for row in rows])
+    prob = elpv_probabilities([row["path"] for row in rows])
+    by_level = level_aurocs(labels, values, prob)
+    without = ~np.isclose(prob, 1 / 3)
+    return {
+        "all": roc_auc(labels, values),
+        **{name: by_level[level] for level, name in zip(by_level, ("1/3", "2/3", "1"))},
+        "without 1/3": roc_auc(labels[without], values[without]),
+    }
 
 
 def main() -> None:
@@ -48,8 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     print("| run | all | 1/3 | 2/3 | 1 | without 1/3 |\n|---|---|---|---|---|---|")
     for run in args.runs:
-        result = levels(run)
-        cells = " | ".join(f"{result.get(key, float('nan')):.4f}" for key in ("all", "1/3", "2/3", "1", "without 1/3"))
+        cells = " | ".join(f"{value:.4f}" for value in levels(run).values())
         print(f"| {run} | {cells} |")
 
 

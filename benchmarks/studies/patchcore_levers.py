@@ -83,7 +83,7 @@ def setup(args):
 
 
 def fit(args) -> None:
-    from edgeiad.data.elpv import BUILTIN, _load_arrays
+    from edgeiad.data.elpv import BUILTIN
     from edgeiad.engine import compute_metrics, fit_model, score_samples
     from edgeiad.models.patchcore.torch_model import PatchCoreConfig, PatchCoreModel
 
@@ -108,9 +108,7 @@ def fit(args) -> None:
     np.save(out / "raw.npy", np.concatenate(raw))
     np.save(out / "labels.npy", scored.labels)
     if args.dataset in BUILTIN:  # ELPV: keep each cell's rater probability for the breakdown
-        _images, probs, _types, paths = _load_arrays()
-        by_path = {"elpv:" + path: prob for path, prob in zip(paths, probs)}
-        np.save(out / "prob.npy", np.array([by_path[s.path] for s in dataset.test]))
+        np.save(out / "prob.npy", elpv_probabilities([s.path for s in dataset.test]))
     result = {key: metrics.get(key) for key in ("image_auroc", "pixel_auroc", "aupro")}
     result |= {"fit_s": round(fit_s, 1), "image_size": list(config.image_size), "bank": config.bank_size,
                "sigma": config.sigma, "args": vars(args),
@@ -144,6 +142,26 @@ def _image_scores(folder: Path) -> dict[str, np.ndarray]:
     return top | {"top 5 % − median": top["top 5 %"] - np.median(smooth.flatten(1).numpy(), axis=1)}
 
 
+def elpv_probabilities(paths: list[str]) -> np.ndarray:
+    """The rater probability of each built-in ELPV sample path ("elpv:images/cellNNNN.png")."""
+    from edgeiad.data.elpv import _load_arrays
+
+    _images, probs, _types, cells = _load_arrays()
+    by_path = {"elpv:" + cell: prob for cell, prob in zip(cells, probs)}
+    return np.array([by_path[path] for path in paths])
+
+
+def level_aurocs(labels: np.ndarray, values: np.ndarray, prob: np.ndarray) -> dict[float, float]:
+    """ELPV: the AUROC of the good cells against the cells of each rater probability (1/3, 2/3, 1)."""
+    from edgeiad.metrics.image import roc_auc
+
+    levels = {}
+    for level in (1 / 3, 2 / 3, 1.0):
+        keep = (prob == 0) | np.isclose(prob, level)
+        levels[level] = roc_auc(labels[keep], values[keep])
+    return levels
+
+
 def scores(args) -> None:
     from edgeiad.metrics.image import roc_auc
 
@@ -154,9 +172,8 @@ def scores(args) -> None:
             for name, values in _image_scores(folder).items():
                 line = f"{run} {folder.name:12s} {name:18s} AUROC {roc_auc(labels, values):.4f}"
                 if prob is not None:  # ELPV: good cells against each rater probability
-                    for level in (1 / 3, 2 / 3, 1.0):
-                        keep = (prob == 0) | np.isclose(prob, level)
-                        line += f"  p={level:.2f} {roc_auc(labels[keep], values[keep]):.4f}"
+                    for level, auroc in level_aurocs(labels, values, prob).items():
+                        line += f"  p={level:.2f} {auroc:.4f}"
                 print(line)
 
 
